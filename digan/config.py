@@ -28,7 +28,7 @@ class GeneratorConfig:
     channel_base: int = 32768         # 32768 * fmaps
     channel_max: int = 512
     mapping_layers: int = 2           # DIGAN uses 2 (StyleGAN2 uses 8)
-    w_avg_beta: float = 0.998         # EMA of w during training, used by truncation
+    w_avg_beta: float = 0.995         # EMA of w during training (StyleGAN2-ADA), used by truncation
     rank: int = 10                    # FMM rank r
     emb_size: int = 128               # predictable_emb_size: 2*emb_size embedding channels
     input_resolution: int = 32        # blocks with nominal res <= this all run at this size
