@@ -1,0 +1,139 @@
+"""What to render: the `RenderRequest` dataclass and how seeds become codes and times.
+
+Seeds: video k with seed s draws z = randn(z_dim) then z_motion = randn(w_dim) from
+torch.Generator().manual_seed(s) on the CPU (so a seed means the same video on every machine);
+`motion_seeds` replaces the z_motion draw with one from its own seed (same content, other motion).
+Times: `frames` points on linspace(t_start, t_end); `interpolate` = k renders (frames-1)*k+1
+points on the same range (k x the frame rate, slow motion at the same fps); t outside [0, 1]
+extrapolates. Explicit `times` override all of that.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from digan.view import View
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass
+class RenderRequest:
+    seeds: List[int] = field(default_factory=lambda: [0])   # one video per content seed
+    motion_seeds: Optional[List[int]] = None                 # per video; None = from the content seed
+    labels: Optional[List[int]] = None                       # class per video (c_dim > 0 models)
+    psi: float = 1.0                                         # truncation
+    frames: int = 16                                         # time grid size before interpolation
+    t_start: float = 0.0
+    t_end: float = 1.0
+    interpolate: int = 1                                     # frames between grid points x k
+    times: Optional[List[float]] = None                      # explicit times, overrides the grid
+    view: View = field(default_factory=View)
+    precision: str = "fp32"
+    memory_budget: int = 2 << 30                             # bytes for tiles + one frame chunk
+    backend: str = "auto"
+    device: Optional[str] = None                             # None: cuda if available else cpu
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if self.motion_seeds is not None and len(self.motion_seeds) != len(self.seeds):
+            raise ValueError(f"{len(self.motion_seeds)} motion seeds for {len(self.seeds)} videos")
+        if self.labels is not None and len(self.labels) != len(self.seeds):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.seeds)} videos")
+        if self.times is None:
+            if self.frames < 1:
+                raise ValueError(f"frames must be >= 1, got {self.frames}")
+            if self.interpolate < 1:
+                raise ValueError(f"interpolation factor must be >= 1, got {self.interpolate}")
+        elif len(self.times) == 0:
+            raise ValueError("times is empty")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.memory_budget <= 0:
+            raise ValueError(f"memory budget must be positive, got {self.memory_budget}")
+
+    def time_grid(self) -> torch.Tensor:
+        """(T,) float32 times of every rendered frame."""
+        if self.times is not None:
+            t = torch.tensor(self.times, dtype=torch.float32)
+        else:
+            n = (self.frames - 1) * self.interpolate + 1
+            t = torch.linspace(self.t_start, self.t_end, n, dtype=torch.float64).float()
+        if not torch.isfinite(t).all():
+            raise ValueError("times must be finite")
+        return t
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.times) if self.times is not None else (self.frames - 1) * self.interpolate + 1
+
+    def codes(self, z_dim: int, w_dim: int, c_dim: int):
+        """z (B, z_dim), z_motion (B, w_dim), c (B, c_dim) or None, from the seeds."""
+        zs, zms = [], []
+        for k, seed in enumerate(self.seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            zs.append(torch.randn(z_dim, generator=g))
+            zm = torch.randn(w_dim, generator=g)
+            if self.motion_seeds is not None:
+                zm = torch.randn(w_dim, generator=torch.Generator().manual_seed(int(self.motion_seeds[k]) + (1 << 32)))
+            zms.append(zm)
+        c = None
+        if c_dim > 0:
+            if self.labels is None:
+                raise ValueError(f"this model is class-conditional ({c_dim} classes): give a label per video")
+            for lab in self.labels:
+                if not 0 <= lab < c_dim:
+                    raise ValueError(f"label {lab} out of range [0, {c_dim})")
+            c = torch.nn.functional.one_hot(torch.tensor(self.labels), c_dim).float()
+        elif self.labels is not None:
+            raise ValueError("this model is unconditional: drop the class labels")
+        return torch.stack(zs), torch.stack(zms), c
+
+    def content_hash(self, model_id: str) -> str:
+        """Identifies the frames this request produces (not how they are tiled or where they go)."""
+        d = {k: getattr(self, k) for k in ("seeds", "motion_seeds", "labels", "psi", "precision")}
+        d["times"] = [float(t) for t in self.time_grid().tolist()]
+        d["view"] = [self.view.scale, self.view.top, self.view.left, self.view.height, self.view.width]
+        d["model"] = model_id
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_size(text: str) -> int:
+    """'512M', '4G', '1.5GiB', '1048576' -> bytes."""
+    t = text.strip().upper().replace("IB", "").replace("B", "")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise ValueError(f"cannot read a memory size from {text!r}; use e.g. 512M or 4G") from None
+
+
+def seeds_from_text(text: str) -> List[int]:
+    """'0,3,7' or '0-7' or '0-3,9' -> list of ints."""
+    out: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part[1:]:
+            a, b = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1])
+            a, b = int(a), int(b)
+            if b < a:
+                raise ValueError(f"seed range {part!r} is empty")
+            out.extend(range(a, b + 1))
+        else:
+            out.append(int(part))
+    if not out:
+        raise ValueError(f"no seeds in {text!r}")
+    return out
+
