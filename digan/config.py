@@ -35,7 +35,7 @@ class GeneratorConfig:
     motion_sigma: float = 0.25
     fourier_scale: float = math.sqrt(10.0)
     num_extra_convs: Dict[int, int] = field(default_factory=lambda: {128: 1, 256: 1})
-    conv_clamp: Optional[float] = 256.0  # StyleGAN2-ADA clamps activations at 256*gain
+    conv_clamp: Optional[float] = None   # DIGAN's generator is fp32, so train.py sets None (256 only with fp16)
 
     def __post_init__(self) -> None:
         # JSON turns int keys into strings: normalise so a round trip compares equal.

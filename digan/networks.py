@@ -194,7 +194,8 @@ def modulated_conv1x1(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 
 class SynthesisLayer(nn.Module):
-    """FMM-modulated 1x1 layer: lrelu(W'(w) x + bias) * sqrt(2), clamped at conv_clamp * gain."""
+    """FMM-modulated 1x1 layer: lrelu(W'(w) x + bias) * sqrt(2), clamped at +-conv_clamp (the
+    official act_clamp = conv_clamp * gain, with the call's extra gain = 1)."""
 
     def __init__(self, in_channels: int, out_channels: int, cfg: GeneratorConfig):
         super().__init__()
@@ -211,7 +212,7 @@ class SynthesisLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         y = modulated_conv1x1(x, self.modulated_weight(w))
-        return bias_act(y, self.bias, act="lrelu", clamp=self.conv_clamp * SQRT2 if self.conv_clamp else None)
+        return bias_act(y, self.bias, act="lrelu", clamp=self.conv_clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -371,21 +372,31 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, self.num_ws, num_layers=cfg.mapping_layers,
                                       w_avg_beta=cfg.w_avg_beta)
 
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], timesteps: Union[int, torch.Tensor] = 16,
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], timesteps: Optional[int] = None,
                 truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None,
-                z_motion: Optional[torch.Tensor] = None, view: Optional[View] = None, **kwargs) -> torch.Tensor:
-        """timesteps: a number of frames (times linspace(0, 1, T)) or the times themselves (B*T,)."""
+                z_motion: Optional[torch.Tensor] = None, view: Optional[View] = None, **kwargs):
+        """The official DIGAN call: returns (frames (B*T, 3, H, W), dT).
+
+        timesteps > 2: times linspace(0, 1, T) per video, dT = None. timesteps <= 2: the training
+        pairs, one Beta(2, 1) and one Beta(1, 2) draw per video, sorted; dT = t1 - t0 (B, 1, 1, 1).
+        z_motion defaults to a fresh randn (B, w_dim), as in the official forward."""
+        if timesteps is None:
+            raise ValueError("DIGAN's generator needs timesteps (the number of frames per video)")
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         B = z.shape[0]
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        if isinstance(timesteps, int):
-            if timesteps < 1:
-                raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        dT = None
+        if timesteps > 2:
             Ts = torch.linspace(0, 1, timesteps, device=z.device).repeat(B)
         else:
-            Ts = timesteps
+            t = torch.stack([torch.distributions.Beta(2.0, 1.0).sample((B,)),
+                             torch.distributions.Beta(1.0, 2.0).sample((B,))], dim=1).sort(dim=1).values
+            dT = (t[:, 1] - t[:, 0]).view(B, 1, 1, 1).to(z.device)
+            Ts = t.reshape(-1).to(z.device)
         if z_motion is None:
             z_motion = torch.randn([B, self.w_dim], device=z.device)
-        return self.synthesis(ws, Ts, z_motion, view=view, **kwargs)
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, Ts, z_motion, view=view, **kwargs), dT
 
 
 # ---- discriminator --------------------------------------------------------------------------

@@ -44,8 +44,11 @@ def test_time_layouts_are_equivalent(official_g):
 
 def test_generator_forward_uses_linspace(official_g):
     G, fx = official_g
-    out = G(fx["in.z"], None, timesteps=16, z_motion=fx["in.z_motion"])
-    assert rel_l2(out, fx["out.img"]) <= PARITY
+    out, dT = G(fx["in.z"], None, timesteps=16, z_motion=fx["in.z_motion"])
+    assert dT is None and rel_l2(out, fx["out.img"]) <= PARITY
+    torch.manual_seed(0)
+    pair, dT = G(fx["in.z"], None, timesteps=2)
+    assert pair.shape == (4, 3, 64, 64) and dT.shape == (2, 1, 1, 1) and (dT >= 0).all() and (dT <= 1).all()
 
 
 def test_discriminator_matches_official(official_d):
@@ -80,7 +83,7 @@ def test_conditional_generator_and_discriminator_run():
     torch.manual_seed(0)
     G = Generator(dataclasses.replace(generator_preset("tiny-32"), c_dim=5))
     c = F.one_hot(torch.tensor([1, 3]), 5).float()
-    out = G(torch.randn(2, 32), c, timesteps=3)
+    out, _ = G(torch.randn(2, 32), c, timesteps=3)
     assert out.shape == (6, 3, 32, 32) and torch.isfinite(out).all()
     D = Discriminator(DiscriminatorConfig(c_dim=5, img_resolution=32, channel_base=256, channel_max=32))
     m, i, fr = D(torch.randn(2, 7, 32, 32), c)
