@@ -1,0 +1,184 @@
+"""Triton kernel for the fused modulated 1x1 layer (imported only by the Triton backend; see
+linear.py for the math, the checks and the launcher).
+
+Launch with enable_fp_fusion=False: the embedding phase A0*x + A1*y + b is specified as separate
+fp32 multiplies and adds (the bits the torch path produces); contracting them into FMAs would
+change them. tl.dot is unaffected; the epilogue costs a few more instructions.
+"""
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from ._common import interpreter_enabled
+
+INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
+
+
+@triton.jit
+def _round_bf16(x):
+    """fp32 -> the nearest bf16 value (ties to even), kept in fp32 (finite inputs)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
+         INTERPRETER: tl.constexpr):
+    """acc += a @ b with fp32 accumulation; operands in bf16, or fp32 ("ieee" / "tf32")."""
+    if BF16_OPERANDS:
+        if INTERPRETER:
+            # The interpreter's bf16 tl.dot multiplies the raw uint16 bits and its fp32 -> bf16
+            # cast truncates: emulate with bf16-rounded fp32 operands (exact products, fp32 sums).
+            return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), acc,
+                          input_precision="ieee")
+        else:
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _sin_cos(phase, INTERPRETER: tl.constexpr):
+    # libdevice (__nv_sinf/__nv_cosf: full range reduction, ~1 ulp) on GPUs; the interpreter has
+    # no libdevice and evaluates tl.sin / tl.cos with numpy.
+    if INTERPRETER:
+        return tl.sin(phase), tl.cos(phase)
+    else:
+        return libdevice.sin(phase), libdevice.cos(phase)
+
+
+@triton.jit
+def _fmm_linear_kernel(
+    x_ptr,             # (MX, KX) activations fp32/bf16, row stride stride_xm
+    x_index_ptr,       # (M,) int64: row of x read by output row m (HAS_X_INDEX)
+    w_ptr,             # (N, KX + 2E) weight [W_x | W_sin | W_cos] fp32/bf16, row stride stride_wn
+    emb_a_ptr,         # (E, 2) fp32 frequencies A, contiguous
+    emb_b_ptr,         # (F, E) fp32 per-frame phase b(t_f), contiguous
+    xs_ptr,            # (TW,) fp32 x coordinate of each tile column
+    ys_ptr,            # (TH,) fp32 y coordinate of each tile row
+    pre_ptr,           # (MP, N) addend before bias/activation, row stride stride_pre
+    pre_index_ptr,     # (M,) int64: row of pre read by output row m (HAS_PRE_INDEX)
+    bias_ptr,          # (N,) bias
+    post_ptr,          # (MQ, N) addend after activation/clamp (RGB skip), row stride stride_post
+    post_index_ptr,    # (M,) int64: row of post read by output row m (HAS_POST_INDEX)
+    out_ptr,           # (M, N) output fp32/bf16/uint8, row stride stride_om
+    M,                 # int: output rows (F * TH * TW when the embedding is on)
+    N,                 # int: output channels
+    KX,                # int: x channels (0 without x)
+    E,                 # int: embedding frequencies (0 without embedding)
+    TH,                # int: tile rows
+    TW,                # int: tile columns
+    stride_xm,         # int
+    stride_wn,         # int
+    stride_pre,        # int
+    stride_post,       # int
+    stride_om,         # int
+    gain,              # fp32: lrelu gain
+    clamp,             # fp32: clamp bound (HAS_CLAMP)
+    HAS_X: tl.constexpr,
+    HAS_X_INDEX: tl.constexpr,
+    HAS_EMB: tl.constexpr,
+    HAS_PRE: tl.constexpr,
+    HAS_PRE_INDEX: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    HAS_POST: tl.constexpr,
+    HAS_POST_INDEX: tl.constexpr,
+    OUT_UINT8: tl.constexpr,       # store rint((y + 1) * 127.5) clamped to [0, 255] as uint8
+    DOT_PRECISION: tl.constexpr,   # "ieee" (fp32) or "tf32"
+    BF16_OPERANDS: tl.constexpr,   # precision 'bf16'
+    INTERPRETER: tl.constexpr,     # running in TRITON_INTERPRET (numpy) mode
+    ROUND_BF16_STORE: tl.constexpr,  # bf16 output under the interpreter: round explicitly
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,         # K step, for x channels and for embedding frequencies
+):
+    # 1. Map program ids to a (BLOCK_M, BLOCK_N) output tile; int64 before pointer arithmetic.
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)              # (BLOCK_M,) int64
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)              # (BLOCK_N,) int64
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    w_cols = w_ptr + offs_n[None, :] * stride_wn                  # (1, BLOCK_N) row starts of W
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    # 2. x @ W_x^T, K in steps of BLOCK_K from 0: the order of the reduction never depends on M.
+    if HAS_X:
+        if HAS_X_INDEX:
+            x_rows = tl.load(x_index_ptr + offs_m, mask=mask_m, other=0)
+        else:
+            x_rows = offs_m
+        x_row_ptr = x_ptr + x_rows[:, None] * stride_xm           # (BLOCK_M, 1)
+        for k0 in range(0, KX, BLOCK_K):
+            k = k0 + offs_k
+            mask_k = k < KX
+            a = tl.load(x_row_ptr + k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            b = tl.load(w_cols + k[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            acc = _mma(a, b, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+
+    # 3. Embedding generated in registers: row m = (f, i, j) of the tile,
+    #    e[m] = [sin(A0*xs[j] + A1*ys[i] + b[f]), cos(same)], then e @ W_e^T.
+    if HAS_EMB:
+        hw = TH * TW
+        f = offs_m // hw
+        rem = offs_m - f * hw
+        i = rem // TW
+        j = rem - i * TW
+        f = tl.where(mask_m, f, 0)
+        xv = tl.load(xs_ptr + j, mask=mask_m, other=0.0)          # (BLOCK_M,)
+        yv = tl.load(ys_ptr + i, mask=mask_m, other=0.0)
+        b_row_ptr = emb_b_ptr + f[:, None] * E                    # (BLOCK_M, 1)
+        for e0 in range(0, E, BLOCK_K):
+            e = e0 + offs_k
+            mask_e = e < E
+            a0 = tl.load(emb_a_ptr + 2 * e, mask=mask_e, other=0.0)        # (BLOCK_K,)
+            a1 = tl.load(emb_a_ptr + 2 * e + 1, mask=mask_e, other=0.0)
+            bb = tl.load(b_row_ptr + e[None, :], mask=mask_m[:, None] & mask_e[None, :], other=0.0)
+            phase = a0[None, :] * xv[:, None] + a1[None, :] * yv[:, None] + bb   # spec order
+            s, c = _sin_cos(phase, INTERPRETER)
+            # Padded frequencies (e >= E) have phase 0, cos 1: their weights load as 0.
+            w_mask = mask_e[:, None] & mask_n[None, :]
+            w_sin = tl.load(w_cols + (KX + e)[:, None], mask=w_mask, other=0.0)
+            w_cos = tl.load(w_cols + (KX + E + e)[:, None], mask=w_mask, other=0.0)
+            acc = _mma(s, w_sin, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+            acc = _mma(c, w_cos, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+
+    # 4. Epilogue in fp32: + pre[pre_index] + bias, lrelu * gain, clamp, + post[post_index].
+    mask = mask_m[:, None] & mask_n[None, :]
+    y = acc
+    if HAS_PRE:
+        if HAS_PRE_INDEX:
+            p_rows = tl.load(pre_index_ptr + offs_m, mask=mask_m, other=0)
+        else:
+            p_rows = offs_m
+        y = y + tl.load(pre_ptr + p_rows[:, None] * stride_pre + offs_n[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if ACT:
+        y = tl.where(y > 0, y, y * 0.2) * gain
+    if HAS_CLAMP:
+        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+    if HAS_POST:
+        if HAS_POST_INDEX:
+            q_rows = tl.load(post_index_ptr + offs_m, mask=mask_m, other=0)
+        else:
+            q_rows = offs_m
+        y = y + tl.load(post_ptr + q_rows[:, None] * stride_post + offs_n[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+
+    # 5. Masked store, cast once.
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if OUT_UINT8:
+        v = (y + 1.0) * 127.5
+        v = tl.minimum(tl.maximum(v, 0.0), 255.0)
+        v = (v + 12582912.0) - 12582912.0      # rint, half to even: 1.5 * 2^23 leaves no fraction bits
+        tl.store(out, v.to(tl.uint8), mask=mask)
+    elif ROUND_BF16_STORE:
+        tl.store(out, _round_bf16(y).to(tl.bfloat16), mask=mask)   # interpreter casts truncate
+    else:
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)   # bf16: round to nearest even

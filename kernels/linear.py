@@ -1,0 +1,514 @@
+"""The modulated 1x1 layer as one GEMM over the rows of a tile, with fused prologue and epilogue.
+
+Rows are pixels x frames of one video's tile, in (f, i, j) row-major order over F frames x h rows
+x w columns. With the per-video weight W = [W_x | W_sin | W_cos] of shape (N, Kx + 2E):
+
+    y   = x[x_index] @ W_x^T  +  e @ [W_sin | W_cos]^T  +  pre_add[pre_index]          (M, N)
+    e[m] = [sin(A[:,0]*xs[j] + A[:,1]*ys[i] + b[f]), cos(same)]   for m = (f, i, j)    (M, 2E)
+    y   = y + bias;  if act: y = lrelu(y) * gain;  if clamp: y = clamp(y, -clamp, clamp)
+    out = y + post_add[post_index]       (stored as out_dtype, or as uint8 colour, see below)
+
+Every term is optional: without x, Kx = 0; without the embedding, E = 0; an index left out means
+the identity. lrelu(y) = max(y, 0.2 y). The embedding is generated in the prologue, never stored
+(torch path: in chunks of rows). The phase is formed exactly as A0*x + A1*y + b in fp32, separate
+multiplies and adds, in both backends, so both see the same phase bits; sin/cos implementations
+may differ by an ulp or two between torch (SLEEF on CPU) and Triton (libdevice on GPU).
+
+Split conv0: W'.[up(h), e] = up(W'_h h) + W'_e e. Run the feature part at the parent resolution
+(fmm_linear(W'_h, h)), then the child call adds it by index (pre_add, pre_index=nearest_index(...)).
+The ToRGB skip img = up(img) + rgb is post_add/post_index (the clamp applies to rgb first).
+
+out_uint8=True (the last ToRGB) stores rint((y + 1) * 127.5) clamped to [0, 255] as uint8,
+rounding half to even like torch.round.
+
+Precision (argument `precision`), accumulation always fp32:
+  'fp32'  fp32 operands (Triton: tl.dot input_precision="ieee", never TF32).
+  'tf32'  operands rounded to TF32 (Triton: input_precision="tf32"; torch path: the operands are
+          rounded to TF32 explicitly, then an fp32 GEMM, which models the tensor-core result).
+  'bf16'  operands cast to bf16. The torch CPU path rounds the GEMM result to bf16 once before the
+          fp32 epilogue (CPU matmul has no bf16 x bf16 -> fp32 output); Triton keeps it in fp32.
+
+Determinism: a row's bits do not depend on the tile (its number of rows M, or the offset of the
+row in it), per backend and device. Triton: tile sizes and the K order come from (Kx, E, N,
+precision) only, never from M; no autotuning by timing (it could pick other tiles in another
+process). Torch: the GEMMs run on at least MIN_GEMM_ROWS rows with 64-byte aligned, zero-padded
+K (CPU matmul uses other bits for a few rows or unaligned rows), and elementwise ops only.
+The two backends differ from each other by rounding.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F_
+
+from ._common import (FLOAT_DTYPES, GEMM_ALIGN_BYTES, MIN_GEMM_ROWS, cdiv, check_index,
+                      check_precision, check_tensor, gemm_precision_cast, load_triton_module,
+                      resolve_backend, round_up, tf32_round)
+
+__all__ = ["fmm_linear", "fmm_linear_reference", "fmm_linear_torch", "fmm_linear_triton",
+           "nearest_index", "SQRT2"]
+
+SQRT2 = math.sqrt(2.0)
+_OUT_DTYPES = (torch.float32, torch.bfloat16, torch.uint8)   # uint8 = the colour conversion
+_INT32_MAX = 2**31 - 1
+# Torch path: rows per GEMM chunk, so that a chunk's operand rows and fp32 result (the epilogue
+# passes over it) stay in cache; CPU GEMM speed is flat from a few hundred rows. Any value gives
+# the same bits (rows are independent past MIN_GEMM_ROWS).
+_TORCH_CHUNK_BYTES = 4 << 20
+_TORCH_MIN_CHUNK_ROWS = 256
+_TORCH_MAX_CHUNK_ROWS = 8192
+
+
+class _Dims(NamedTuple):
+    M: int          # output rows
+    N: int          # output channels
+    KX: int         # x channels (0: no x)
+    E: int          # embedding frequencies (0: no embedding)
+    F: int          # frames of the embedding tile (1 without embedding)
+    TH: int         # tile rows (1 without embedding)
+    TW: int         # tile columns (1 without embedding)
+    out_dtype: torch.dtype
+
+
+# ---- checks -------------------------------------------------------------------------------------
+
+def _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                      gain, clamp, post_add, post_index, out_dtype, precision,
+                      check_values: bool = True) -> _Dims:
+    """Every host check of fmm_linear (shapes, dtypes, devices, strides, index ranges on CPU).
+    `out_dtype` is resolved: fp32, bf16, or uint8 for the colour conversion."""
+    check_precision(precision)
+    check_tensor(weight, "weight", ndim=2, dtypes=FLOAT_DTYPES, inner_contiguous=True)
+    dev = weight.device
+    N = weight.shape[0]
+    if N < 1:
+        raise ValueError("weight has no rows (N = 0)")
+    M = None
+    KX = 0
+    if x is not None:
+        check_tensor(x, "x", ndim=2, dtypes=FLOAT_DTYPES, device=dev, inner_contiguous=True)
+        KX = x.shape[1]
+        if KX < 1:
+            raise ValueError("x has no columns; pass x=None instead")
+    elif x_index is not None:
+        raise ValueError("x_index given without x")
+
+    emb = {"emb_A": emb_A, "emb_b": emb_b, "xs": xs, "ys": ys}
+    given = [k for k, v in emb.items() if v is not None]
+    E, F, TH, TW = 0, 1, 1, 1
+    if given:
+        if len(given) != 4:
+            raise ValueError(f"the embedding needs all of emb_A, emb_b, xs, ys; got only {given}")
+        check_tensor(emb_A, "emb_A", ndim=2, shape=(None, 2), dtypes=(torch.float32,), device=dev)
+        E = emb_A.shape[0]
+        if E < 1:
+            raise ValueError("emb_A has no rows (E = 0)")
+        check_tensor(emb_b, "emb_b", ndim=2, shape=(None, E), dtypes=(torch.float32,), device=dev)
+        check_tensor(xs, "xs", ndim=1, dtypes=(torch.float32,), device=dev)
+        check_tensor(ys, "ys", ndim=1, dtypes=(torch.float32,), device=dev)
+        F, TH, TW = emb_b.shape[0], ys.shape[0], xs.shape[0]
+        M = F * TH * TW
+
+    if x is not None:
+        rows = x.shape[0]
+        if x_index is not None:
+            check_tensor(x_index, "x_index", ndim=1)
+            rows = x_index.shape[0]
+            check_index(x_index, "x_index", rows, x.shape[0], dev, check_values)
+        if M is not None and rows != M:
+            raise ValueError(f"x gives {rows} rows but the embedding tile has F*h*w = "
+                             f"{F}*{TH}*{TW} = {M} rows")
+        M = rows
+
+    if weight.shape[1] != KX + 2 * E:
+        raise ValueError(f"weight must have Kx + 2E = {KX} + 2*{E} = {KX + 2 * E} columns "
+                         f"([W_x | W_sin | W_cos]), got {weight.shape[1]}")
+    if pre_index is not None and pre_add is None:
+        raise ValueError("pre_index given without pre_add")
+    if post_index is not None and post_add is None:
+        raise ValueError("post_index given without post_add")
+    if M is None:
+        if pre_add is None:
+            raise ValueError("fmm_linear needs at least one of x, the embedding, pre_add")
+        if pre_index is not None:
+            check_tensor(pre_index, "pre_index", ndim=1)
+        M = pre_add.shape[0] if pre_index is None else pre_index.shape[0]
+
+    for name, add, idx in (("pre_add", pre_add, pre_index), ("post_add", post_add, post_index)):
+        if add is None:
+            continue
+        check_tensor(add, name, ndim=2, shape=(None, N), dtypes=FLOAT_DTYPES, device=dev,
+                     inner_contiguous=True)
+        if idx is None:
+            if add.shape[0] != M:
+                raise ValueError(f"{name} has {add.shape[0]} rows, expected M = {M} (or pass an index)")
+        else:
+            check_index(idx, name.replace("add", "index"), M, add.shape[0], dev, check_values)
+    if bias is not None:
+        check_tensor(bias, "bias", shape=(N,), dtypes=FLOAT_DTYPES, device=dev)
+    if not isinstance(act, bool):
+        raise ValueError(f"act must be a bool, got {act!r}")
+    if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not math.isfinite(gain):
+        raise ValueError(f"gain must be a finite number, got {gain!r}")
+    if clamp is not None and (not isinstance(clamp, (int, float)) or isinstance(clamp, bool)
+                              or not clamp >= 0 or not math.isfinite(clamp)):
+        raise ValueError(f"clamp must be None or a finite number >= 0, got {clamp!r}")
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+    if M > _INT32_MAX or max(N, KX + 2 * E) > _INT32_MAX:
+        raise ValueError(f"M = {M}, N = {N}, K = {KX + 2 * E} must each stay below 2^31")
+    return _Dims(M, N, KX, E, F, TH, TW, out_dtype)
+
+
+def _resolve_out_dtype(out_dtype, out_uint8, precision) -> torch.dtype:
+    if not isinstance(out_uint8, bool):
+        raise ValueError(f"out_uint8 must be a bool, got {out_uint8!r}")
+    if out_uint8:
+        if out_dtype not in (None, torch.uint8):
+            raise ValueError(f"out_uint8=True stores uint8; got out_dtype={out_dtype}")
+        return torch.uint8
+    if out_dtype is None:
+        return torch.bfloat16 if precision == "bf16" else torch.float32
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"out_dtype must be torch.float32 or torch.bfloat16 (or use out_uint8), "
+                         f"got {out_dtype}")
+    return out_dtype
+
+
+# ---- shared pieces of the torch paths -----------------------------------------------------------
+
+def _row_chunks(d: "_Dims", rows_per_chunk: int):
+    """Chunks (c0, c1, f0, f1, i0, i1) of the output rows. With the embedding a chunk is whole
+    frames f0:f1 (when one fits) or whole tile rows i0:i1 of frame f0 (at least one), so that its
+    phase is a broadcast, never a gather; otherwise plain runs of rows. Chunking never changes a
+    bit (rows are independent)."""
+    if not d.E:
+        for c0 in range(0, d.M, rows_per_chunk):
+            yield c0, min(d.M, c0 + rows_per_chunk), 0, 0, 0, 0
+        return
+    hw = d.TH * d.TW
+    if hw <= rows_per_chunk:
+        step = rows_per_chunk // hw
+        for f0 in range(0, d.F, step):
+            f1 = min(d.F, f0 + step)
+            yield f0 * hw, f1 * hw, f0, f1, 0, d.TH
+        return
+    step = max(1, rows_per_chunk // d.TW)
+    for f in range(d.F):
+        for i0 in range(0, d.TH, step):
+            i1 = min(d.TH, i0 + step)
+            c0 = f * hw + i0 * d.TW
+            yield c0, c0 + (i1 - i0) * d.TW, f, f + 1, i0, i1
+
+
+def _epilogue_(y: torch.Tensor, rows: slice, pre_add, pre_index, bias, act, gain, clamp,
+               post_add, post_index, uint8: bool) -> torch.Tensor:
+    """In place on fp32 `y` (m, N) for output rows `rows`; the same op order as the kernel."""
+    if pre_add is not None:
+        y += pre_add[rows] if pre_index is None else pre_add.index_select(0, pre_index[rows])
+    if bias is not None:
+        y += bias
+    if act:
+        F_.leaky_relu_(y, 0.2)            # y > 0 ? y : y * 0.2, i.e. max(y, 0.2 y)
+        y *= gain
+    if clamp is not None:
+        y.clamp_(-clamp, clamp)
+    if post_add is not None:
+        y += post_add[rows] if post_index is None else post_add.index_select(0, post_index[rows])
+    if uint8:
+        y += 1.0
+        y *= 127.5
+        y.clamp_(0.0, 255.0)
+        y.round_()                        # half to even
+    return y
+
+
+# ---- torch reference ----------------------------------------------------------------------------
+
+def fmm_linear_reference(weight, x=None, *, x_index=None, emb_A=None, emb_b=None, xs=None, ys=None,
+                         pre_add=None, pre_index=None, bias=None, act=False, gain=SQRT2, clamp=None,
+                         post_add=None, post_index=None, out_dtype=None, out_uint8=False,
+                         precision="fp32") -> torch.Tensor:
+    """Plain, unfused torch statement of the op (materialises x[x_index] and the embedding).
+    Operands rounded to `precision`, then one fp32 GEMM: exact products, fp32 accumulation."""
+    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
+    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                          gain, clamp, post_add, post_index, out_dtype, precision)
+    parts = []
+    if x is not None:
+        parts.append((x if x_index is None else x[x_index]).float())
+    if d.E:
+        ax, ay = emb_A[:, 0], emb_A[:, 1]
+        phase = (ax * xs[None, None, :, None] + ay * ys[None, :, None, None]
+                 + emb_b[:, None, None, :])                                      # (F, h, w, E)
+        phase = phase.reshape(d.M, d.E)
+        parts.append(torch.cat([phase.sin(), phase.cos()], dim=1))
+    if parts:
+        a = gemm_precision_cast(torch.cat(parts, dim=1), precision)
+        y = a @ gemm_precision_cast(weight, precision).t()
+    else:
+        y = torch.zeros((d.M, d.N), dtype=torch.float32, device=weight.device)
+    y = _epilogue_(y, slice(None), pre_add, pre_index, bias, act, gain, clamp, post_add, post_index,
+                   out_dtype == torch.uint8)
+    return y.to(out_dtype)
+
+
+# ---- torch fast path (the CPU product path) -----------------------------------------------------
+
+def fmm_linear_torch(weight, x=None, *, x_index=None, emb_A=None, emb_b=None, xs=None, ys=None,
+                     pre_add=None, pre_index=None, bias=None, act=False, gain=SQRT2, clamp=None,
+                     post_add=None, post_index=None, out_dtype=None, out_uint8=False,
+                     precision="fp32") -> torch.Tensor:
+    """Chunked torch implementation: per chunk of rows, one GEMM over [x[x_index] | sin | cos]
+    written into one aligned, zero-padded buffer, then the fp32 epilogue in place."""
+    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
+    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                          gain, clamp, post_add, post_index, out_dtype, precision)
+    return _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
+                             act, float(gain), None if clamp is None else float(clamp), post_add,
+                             post_index, precision, d)
+
+
+def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                      gain, clamp, post_add, post_index, precision, d: _Dims) -> torch.Tensor:
+    dev = weight.device
+    M, N, KX, E = d.M, d.N, d.KX, d.E
+    out = torch.empty((M, N), dtype=d.out_dtype, device=dev)
+    if M == 0:
+        return out
+    K = KX + 2 * E
+    cdt = torch.bfloat16 if precision == "bf16" else torch.float32
+    esize = torch.finfo(cdt).bits // 8
+    Kp = round_up(max(K, 1), GEMM_ALIGN_BYTES // esize)          # 64-byte rows
+    row_bytes = Kp * esize + N * 4
+    rows_per_chunk = min(_TORCH_MAX_CHUNK_ROWS,
+                         max(_TORCH_MIN_CHUNK_ROWS, _TORCH_CHUNK_BYTES // row_bytes // 64 * 64))
+    chunks = list(_row_chunks(d, rows_per_chunk))
+    max_rows = max(c[1] - c[0] for c in chunks)
+    uint8 = d.out_dtype == torch.uint8
+    # The GEMM writes straight into `out` when nothing is left to cast.
+    gemm_into_out = cdt == torch.float32 and d.out_dtype == torch.float32
+
+    if K:
+        # Weight (N, Kp): operand precision applied once, zero columns past K.
+        wt = torch.empty((N, Kp), dtype=cdt, device=dev)
+        wt[:, :K] = tf32_round(weight.float()) if precision == "tf32" else weight
+        wt[:, K:].zero_()
+        wt_t = wt.t()
+        # x is used in place when it already is the aligned operand the buffer would hold.
+        direct = (E == 0 and x_index is None and x.dtype == cdt and precision != "tf32"
+                  and KX == Kp and (x.stride(0) * esize) % GEMM_ALIGN_BYTES == 0
+                  and x.data_ptr() % GEMM_ALIGN_BYTES == 0)
+        if not direct or min(c[1] - c[0] for c in chunks) < MIN_GEMM_ROWS:
+            buf = torch.empty((max(MIN_GEMM_ROWS, max_rows), Kp), dtype=cdt, device=dev)
+            buf[:, K:].zero_()
+        if E:
+            # Phase = (A0*x + A1*y) + b: the products once per call, two broadcast adds per chunk.
+            px = emb_A[:, 0][None, :] * xs[:, None]                     # (w, E)
+            py = emb_A[:, 1][None, :] * ys[:, None]                     # (h, E)
+            phase_buf = torch.empty((max_rows, E), dtype=torch.float32, device=dev)
+
+    for c0, c1, f0, f1, i0, i1 in chunks:
+        m = c1 - c0
+        rows = slice(c0, c1)
+        # 1. Operand rows [x[x_index] | sin | cos | 0] (m, Kp), at least MIN_GEMM_ROWS of them.
+        if not K:
+            y = torch.zeros((m, N), dtype=torch.float32, device=dev)
+        else:
+            if direct and m >= MIN_GEMM_ROWS:
+                a = x[rows]
+            else:
+                a = buf[:max(m, MIN_GEMM_ROWS)]
+                if m < a.shape[0]:
+                    a[m:].zero_()
+                if x is not None:
+                    src = x[rows] if x_index is None else x.index_select(0, x_index[rows])
+                    if precision == "tf32":
+                        src = tf32_round(src.float())
+                    a[:m, :KX].copy_(src)
+                if E:
+                    phase = phase_buf[:m]
+                    pxy = px[None] + py[i0:i1, None]                      # (rows, w, E)
+                    torch.add(pxy[None], emb_b[f0:f1, None, None],
+                              out=phase.view(f1 - f0, i1 - i0, d.TW, E))
+                    for col, fn in ((KX, torch.sin), (KX + E, torch.cos)):
+                        if precision == "tf32":
+                            a[:m, col:col + E].copy_(tf32_round(fn(phase)))
+                        else:
+                            fn(phase, out=a[:m, col:col + E])           # cast to bf16 on store
+            # 2. One GEMM, fp32 accumulation (bf16: result rounded to bf16 by torch).
+            if gemm_into_out and a.shape[0] == m:
+                y = torch.mm(a, wt_t, out=out[rows])
+            else:
+                y = torch.mm(a, wt_t)[:m]
+                if y.dtype != torch.float32:
+                    y = y.float()
+        # 3. Epilogue in place, fp32; cast once into `out`.
+        _epilogue_(y, rows, pre_add, pre_index, bias, act, gain, clamp, post_add, post_index, uint8)
+        if y.data_ptr() != out[rows].data_ptr():
+            out[rows].copy_(y)
+    return out
+
+
+# ---- triton launcher ----------------------------------------------------------------------------
+
+def _triton_config(KX: int, E: int, N: int, precision: str) -> dict:
+    """Tile sizes and launch settings from the layer shape and precision only (never from M), so a
+    row's reduction order, and its bits, are the same in every tile."""
+    BLOCK_N = 16 if N <= 16 else 32 if N <= 32 else 64 if N <= 64 else 128
+    BLOCK_K = 64 if precision == "bf16" else 32
+    BLOCK_M = 128 if (N <= 16 or precision != "fp32") else 64
+    num_warps = 8 if BLOCK_M * BLOCK_N >= 128 * 128 else 4
+    return dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps, num_stages=3)
+
+
+def fmm_linear_triton(weight, x=None, *, x_index=None, emb_A=None, emb_b=None, xs=None, ys=None,
+                      pre_add=None, pre_index=None, bias=None, act=False, gain=SQRT2, clamp=None,
+                      post_add=None, post_index=None, out_dtype=None, out_uint8=False,
+                      precision="fp32") -> torch.Tensor:
+    """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1): one fused kernel."""
+    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
+    return _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
+                              act, float(gain), None if clamp is None else float(clamp), post_add,
+                              post_index, out_dtype, precision)
+
+
+def _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                       gain, clamp, post_add, post_index, out_dtype, precision) -> torch.Tensor:
+    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                          gain, clamp, post_add, post_index, out_dtype, precision)
+    resolve_backend("triton", weight.device)
+    out = torch.empty((d.M, d.N), dtype=out_dtype, device=weight.device)
+    if d.M == 0:
+        return out
+    cfg = _triton_config(d.KX, d.E, d.N, precision)
+    grid = (cdiv(d.M, cfg["BLOCK_M"]), cdiv(d.N, cfg["BLOCK_N"]))
+    if grid[1] > 65535:
+        raise ValueError(f"N = {d.N} needs more than 65535 column tiles")
+    if d.E:
+        emb_A, emb_b, xs, ys = (t.contiguous() for t in (emb_A, emb_b, xs, ys))
+    if bias is not None:
+        bias = bias.contiguous()
+    dummy = out  # pointer for absent operands; never read (their HAS_* flag is off)
+    mod = load_triton_module("_linear_triton")
+    mod._fmm_linear_kernel[grid](
+        dummy if x is None else x,
+        dummy if x_index is None else x_index,
+        weight,
+        dummy if not d.E else emb_A,
+        dummy if not d.E else emb_b,
+        dummy if not d.E else xs,
+        dummy if not d.E else ys,
+        dummy if pre_add is None else pre_add,
+        dummy if pre_index is None else pre_index,
+        dummy if bias is None else bias,
+        dummy if post_add is None else post_add,
+        dummy if post_index is None else post_index,
+        out,
+        d.M, d.N, d.KX, d.E, d.TH, d.TW,
+        x.stride(0) if x is not None else 0,
+        weight.stride(0),
+        pre_add.stride(0) if pre_add is not None else 0,
+        post_add.stride(0) if post_add is not None else 0,
+        out.stride(0),
+        gain, 0.0 if clamp is None else clamp,
+        HAS_X=x is not None, HAS_X_INDEX=x_index is not None, HAS_EMB=d.E > 0,
+        HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
+        HAS_BIAS=bias is not None, ACT=act, HAS_CLAMP=clamp is not None,
+        HAS_POST=post_add is not None, HAS_POST_INDEX=post_index is not None,
+        OUT_UINT8=out_dtype == torch.uint8,
+        DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
+        BF16_OPERANDS=precision == "bf16",
+        INTERPRETER=mod.INTERPRETED,
+        ROUND_BF16_STORE=mod.INTERPRETED and out_dtype == torch.bfloat16,
+        enable_fp_fusion=False,
+        **cfg,
+    )
+    return out
+
+
+@torch.library.custom_op("digan::fmm_linear", mutates_args=())
+def _fmm_linear_op(weight: torch.Tensor, x: Optional[torch.Tensor], x_index: Optional[torch.Tensor],
+                   emb_A: Optional[torch.Tensor], emb_b: Optional[torch.Tensor],
+                   xs: Optional[torch.Tensor], ys: Optional[torch.Tensor],
+                   pre_add: Optional[torch.Tensor], pre_index: Optional[torch.Tensor],
+                   bias: Optional[torch.Tensor], act: bool, gain: float, clamp: Optional[float],
+                   post_add: Optional[torch.Tensor], post_index: Optional[torch.Tensor],
+                   out_dtype: torch.dtype, precision: str) -> torch.Tensor:
+    return _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
+                              act, gain, clamp, post_add, post_index, out_dtype, precision)
+
+
+@_fmm_linear_op.register_fake
+def _fmm_linear_fake(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                     gain, clamp, post_add, post_index, out_dtype, precision):
+    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                          gain, clamp, post_add, post_index, out_dtype, precision, check_values=False)
+    return weight.new_empty((d.M, d.N), dtype=out_dtype)
+
+
+# ---- dispatch -----------------------------------------------------------------------------------
+
+def fmm_linear(weight: torch.Tensor, x: Optional[torch.Tensor] = None, *,
+               x_index: Optional[torch.Tensor] = None,
+               emb_A: Optional[torch.Tensor] = None, emb_b: Optional[torch.Tensor] = None,
+               xs: Optional[torch.Tensor] = None, ys: Optional[torch.Tensor] = None,
+               pre_add: Optional[torch.Tensor] = None, pre_index: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None, act: bool = False, gain: float = SQRT2,
+               clamp: Optional[float] = None,
+               post_add: Optional[torch.Tensor] = None, post_index: Optional[torch.Tensor] = None,
+               out_dtype: Optional[torch.dtype] = None, out_uint8: bool = False,
+               precision: str = "fp32", backend: str = "auto") -> torch.Tensor:
+    """Fused modulated 1x1 layer over the rows of one tile (see the module docstring).
+
+    weight (N, Kx + 2E); x (Mx, Kx) fp32/bf16 with optional x_index (M,) int64; embedding from
+    emb_A (E, 2), emb_b (F, E), xs (w,), ys (h,), all fp32, M = F*h*w; pre_add (Mp, N) with
+    pre_index (M,); bias (N,); post_add (Mq, N) with post_index (M,). Returns (M, N) in out_dtype
+    (default fp32, bf16 for precision='bf16'), or uint8 colour with out_uint8=True.
+    backend: 'auto' (Triton for CUDA tensors when available, else torch), 'triton', 'torch'."""
+    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
+    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
+                          gain, clamp, post_add, post_index, out_dtype, precision)
+    gain = float(gain)
+    clamp = None if clamp is None else float(clamp)
+    if resolve_backend(backend, weight.device) == "triton":
+        return torch.ops.digan.fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add,
+                                          pre_index, bias, act, gain, clamp, post_add, post_index,
+                                          out_dtype, precision)
+    return _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
+                             act, gain, clamp, post_add, post_index, precision, d)
+
+
+# ---- index helper -------------------------------------------------------------------------------
+
+def nearest_index(frames: int, child_rect: Sequence[int], parent_rect: Sequence[int], *,
+                  factor: int = 2, device=None) -> torch.Tensor:
+    """(M,) int64 row of the parent tile read by each row of the child tile (nearest upsampling).
+
+    child_rect = (i0, i1, j0, j1): half-open absolute pixel rows and columns at level L; they may
+    be negative (zoom-out views). parent_rect likewise at level L-1. Child pixel (i, j) has parent
+    (floor(i / factor), floor(j / factor)). Both tiles hold the same `frames` frames, rows in
+    (f, i, j) order, so M = frames * (i1 - i0) * (j1 - j0). Raises ValueError when the parent
+    rectangle does not contain every parent the child needs."""
+    vals = [frames, factor, *child_rect, *parent_rect]
+    if len(child_rect) != 4 or len(parent_rect) != 4 or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise ValueError("frames, factor and the two rects (i0, i1, j0, j1) must be ints")
+    ci0, ci1, cj0, cj1 = child_rect
+    pi0, pi1, pj0, pj1 = parent_rect
+    if frames < 1 or factor < 1:
+        raise ValueError(f"frames and factor must be >= 1, got {frames}, {factor}")
+    if ci1 <= ci0 or cj1 <= cj0 or pi1 <= pi0 or pj1 <= pj0:
+        raise ValueError(f"empty rect: child {tuple(child_rect)}, parent {tuple(parent_rect)}")
+    need = (ci0 // factor, (ci1 - 1) // factor + 1, cj0 // factor, (cj1 - 1) // factor + 1)
+    if need[0] < pi0 or need[1] > pi1 or need[2] < pj0 or need[3] > pj1:
+        raise ValueError(f"parent rect {tuple(parent_rect)} does not contain the parents "
+                         f"{need} of child rect {tuple(child_rect)}")
+    ph, pw = pi1 - pi0, pj1 - pj0
+    pi = torch.div(torch.arange(ci0, ci1), factor, rounding_mode="floor") - pi0     # (h,)
+    pj = torch.div(torch.arange(cj0, cj1), factor, rounding_mode="floor") - pj0     # (w,)
+    idx = (torch.arange(frames)[:, None, None] * (ph * pw) + pi[None, :, None] * pw
+           + pj[None, None, :])
+    return idx.reshape(-1).to(device=device)
