@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 from digan.config import GeneratorConfig
 from digan.view import Rect, View, level_rects, num_levels
@@ -36,26 +36,32 @@ class Plan:
     cfg: GeneratorConfig
     view: View
     num_frames: int
-    chunks: List[FrameChunk]
+    frames_per_chunk: int             # frames rendered together (and held as uint8)
+    rects: List[Rect]                 # spatial tiles of one frame (final-level rects)
     tile_bytes: int                   # estimated peak working memory of one tile
     chunk_bytes: int                  # the uint8 frame buffer of one chunk
     budget: int
 
-    @property
-    def tiles(self) -> Iterator[Tile]:
-        for c in self.chunks:
-            yield from c.tiles
+    def chunks(self, start: int = 0, end: int | None = None) -> List[FrameChunk]:
+        """Frame chunks covering [start, end) (default: all frames), each with its tiles."""
+        end = self.num_frames if end is None else end
+        if not 0 <= start < end <= self.num_frames:
+            raise ValueError(f"frame range [{start}, {end}) outside [0, {self.num_frames})")
+        out = []
+        for f0 in range(start, end, self.frames_per_chunk):
+            f1 = min(f0 + self.frames_per_chunk, end)
+            out.append(FrameChunk((f0, f1), [Tile((f0, f1), r) for r in self.rects]))
+        return out
 
     @property
     def num_tiles(self) -> int:
-        return sum(len(c.tiles) for c in self.chunks)
+        return len(self.chunks()) * len(self.rects)
 
     def describe(self) -> str:
-        t0 = self.chunks[0].tiles[0]
-        r0, r1, c0, c1 = t0.rect
-        return (f"{self.num_frames} frames in {len(self.chunks)} chunks of <= {self.chunks[0].frames[1]} frames, "
-                f"{self.num_tiles} tiles of <= {t0.frames[1] - t0.frames[0]}x{r1 - r0}x{c1 - c0}, "
-                f"~{(self.tile_bytes + self.chunk_bytes) / MiB:.0f} MiB of {self.budget / MiB:.0f} MiB budget")
+        r0, r1, c0, c1 = self.rects[0]
+        return (f"{self.num_frames} frames in chunks of {self.frames_per_chunk}, {len(self.rects)} tile(s) per "
+                f"chunk of <= {self.frames_per_chunk}x{r1 - r0}x{c1 - c0} px, "
+                f"~{(self.tile_bytes + self.chunk_bytes) / MiB:.0f} MiB of a {self.budget / MiB:.0f} MiB budget")
 
 
 def level_channels(cfg: GeneratorConfig) -> List[int]:
@@ -91,10 +97,12 @@ def tile_bytes(cfg: GeneratorConfig, frames: int, rect: Rect, act_bytes: int = 4
 
 
 def make_plan(cfg: GeneratorConfig, view: View, num_frames: int, budget: int, act_bytes: int = 4,
-              max_frames_per_chunk: int = 64, max_tile_rows: int = 1 << 22) -> Plan:
-    """Largest tiles within `budget` bytes: whole frames (as many as fit) if one frame fits,
-    else row bands of whole frames, else square-ish blocks. Rectangles are aligned to the
-    final/base factor so ancestors nest without overlap."""
+              max_frames_per_chunk: int = 64, max_tile_rows: int = 1 << 22,
+              max_tile_bytes: int | None = None) -> Plan:
+    """Largest tiles within `budget` bytes (and `max_tile_rows` / `max_tile_bytes`, caps for
+    speed): whole frames (as many as fit) if one frame fits, else row bands of whole frames, else
+    square-ish blocks. Rectangles are aligned to the final/base factor so ancestors nest without
+    overlap."""
     if num_frames < 1:
         raise ValueError(f"number of frames must be >= 1, got {num_frames}")
     if budget <= 0:
@@ -110,7 +118,10 @@ def make_plan(cfg: GeneratorConfig, view: View, num_frames: int, budget: int, ac
         r0, r1, c0, c1 = rect
         if f * (r1 - r0) * (c1 - c0) > max_tile_rows:
             return False
-        return tile_bytes(cfg, f, rect, act_bytes) + chunk_buf(f) <= budget
+        t = tile_bytes(cfg, f, rect, act_bytes)
+        if max_tile_bytes is not None and t > max_tile_bytes and (f > 1 or (r1 - r0) > align):
+            return False  # a cache-friendly cap, never below one frame's smallest aligned band
+        return t + chunk_buf(f) <= budget
 
     full = (top, bottom, left, right)
     if fits(1, full):
@@ -127,11 +138,7 @@ def make_plan(cfg: GeneratorConfig, view: View, num_frames: int, budget: int, ac
             raise ValueError(
                 f"memory budget {budget / MiB:.1f} MiB is too small: one {H}x{W} frame buffer plus the "
                 f"smallest tile needs {need / MiB:.1f} MiB; raise --memory-budget")
-    chunks = []
-    for f0 in range(0, num_frames, f_chunk):
-        f1 = min(f0 + f_chunk, num_frames)
-        chunks.append(FrameChunk((f0, f1), [Tile((f0, f1), r) for r in rects]))
-    return Plan(cfg=cfg, view=view, num_frames=num_frames, chunks=chunks,
+    return Plan(cfg=cfg, view=view, num_frames=num_frames, frames_per_chunk=f_chunk, rects=rects,
                 tile_bytes=max(tile_bytes(cfg, f_chunk, r, act_bytes) for r in rects),
                 chunk_bytes=chunk_buf(f_chunk), budget=budget)
 

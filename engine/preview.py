@@ -55,9 +55,9 @@ def write_gif(path, frames: Sequence[np.ndarray], fps: float) -> Path:
     tmp = path.with_name(path.name + ".tmp.gif")
     with av.open(str(tmp), "w") as out:
         stream = out.add_stream("gif", rate=max(1, int(round(fps))))
-        stream.width, stream.height, stream.pix_fmt = W, H, "pal8"
+        stream.width, stream.height, stream.pix_fmt = W, H, "rgb8"
         for fr in frames:
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24").reformat(format="pal8")):
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24").reformat(format="rgb8")):
                 out.mux(pkt)
         for pkt in stream.encode():
             out.mux(pkt)

@@ -1,0 +1,113 @@
+"""The `digan` command: render, convert, info (and train, when digan.train provides it)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+USAGE_EXAMPLES = """examples:
+  digan render --seeds 0 --frames 64 --output out.mp4                 default model, 64 frames
+  digan render -c model.safetensors --seeds 0-3 --output vids/{seed}.mp4
+  digan render --seeds 1 --scale 8 --frames 256 --memory-budget 4G --output big.mp4   1024x1024
+  digan render --seeds 1 --zoom 1.5 --output wide.mp4                 coordinates [-1.5, 1.5)
+  digan render --seeds 1 --interpolate 4 --t-end 2 --output slow.mp4  4x denser, extrapolated to t=2
+  digan render --grid seeds --seeds 0-3 --output grid.mp4             four videos side by side
+  digan render --grid motion --seeds 5 --motion-seeds 0-3 --output m.mp4   one content, 4 motions
+  digan convert network-snapshot.pkl model.safetensors
+  digan info -c model.safetensors --scale 8
+"""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--checkpoint", default=None,
+                   help="our .safetensors, an official network .pkl (read safely, no code runs) or a torch "
+                        "state dict; default: the built-in model (UNTRAINED official 128x128 architecture "
+                        "with fixed-seed weights unless a trained demo model ships in digan/assets)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digan", description="Render and train DIGAN video generators.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EXAMPLES)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    from .render_cmd import add_render_args
+    add_render_args(sub.add_parser("render", help="render videos to a file (mp4/mkv/mov) or PNG folder",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter), _add_model_args)
+
+    p = sub.add_parser("convert", help="convert an official .pkl (or torch state dict) to our safetensors format")
+    p.add_argument("input")
+    p.add_argument("output")
+
+    p = sub.add_parser("info", help="architecture, parameter count, FLOPs per frame")
+    _add_model_args(p)
+    p.add_argument("--scale", type=int, default=1, help="super-resolution factor for the FLOP count")
+    p.add_argument("--zoom", type=float, default=None, help="coordinate half-range for the FLOP count")
+
+    try:
+        from digan.train.cli import add_train_args
+    except ImportError:
+        add_train_args = None
+    if add_train_args is not None:
+        add_train_args(sub.add_parser("train", help="train DIGAN (official recipe, faster kernels)",
+                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    return parser
+
+
+def cmd_convert(args) -> int:
+    from digan.checkpoint import convert
+    path = convert(args.input, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from digan.default import load_or_default
+    from digan.view import View
+
+    from .flops import frame_work
+    G, desc = load_or_default(args.checkpoint)
+    cfg = G.cfg
+    view = View(scale=args.scale) if args.zoom is None else View.from_range(
+        cfg.img_resolution, cfg.input_resolution, -args.zoom, args.zoom, args.scale)
+    work = frame_work(cfg, view)
+    n_params = sum(p.numel() for p in G.parameters())
+    H, W = view.output_size(cfg.img_resolution)
+    print(f"model: {desc}")
+    print(f"generator: {cfg.img_resolution}x{cfg.img_resolution}, z_dim {cfg.z_dim}, w_dim {cfg.w_dim}, "
+          f"c_dim {cfg.c_dim}, {cfg.mapping_layers} mapping layers, FMM rank {cfg.rank}, "
+          f"{cfg.emb_channels} embedding channels, {cfg.num_ws} ws")
+    for res in cfg.block_resolutions:
+        print(f"  b{res:<4} runs at {cfg.block_size(res)}x{cfg.block_size(res)}: {cfg.num_conv(res)} conv, "
+              f"{cfg.channels(res)} channels{', embedding' if cfg.has_embedding(res) else ''}")
+    print(f"parameters: {n_params:,}")
+    print(f"per frame at {H}x{W}: {work.macs / 1e9:.2f} GMAC with split conv0 "
+          f"({work.macs_unsplit / 1e9:.2f} GMAC the official way), {work.flops / 1e9:.1f} GFLOP")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "render":
+            from .render_cmd import cmd_render
+            return cmd_render(args)
+        if args.command == "convert":
+            return cmd_convert(args)
+        if args.command == "info":
+            return cmd_info(args)
+        if args.command == "train":
+            from digan.train.cli import run_train
+            return run_train(args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"digan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"digan {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The `digan` command end to end: outputs, resume after kill -9, bad requests, bounded memory."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from digan.checkpoint import save_generator
+from digan.config import generator_preset
+from digan.networks import Generator
+from engine.executor import Renderer
+from engine.request import RenderRequest
+from tests.conftest import REPO
+
+av = pytest.importorskip("av")
+
+
+def run_cli(*args, check=True, timeout=300, **kw):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+                         env=env, timeout=timeout, cwd=REPO, **kw)
+    if check and out.returncode != 0:
+        raise AssertionError(f"digan {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out
+
+
+def count_frames(path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def decode(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+        return np.stack(frames), s
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(11)
+    G = Generator(generator_preset("tiny-64")).eval()
+    with torch.no_grad():
+        for n, p in G.named_parameters():
+            if n.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_generator(G, path)
+    return path, G
+
+
+def test_render_ffv1_equals_renderer_frames(ckpt, tmp_path):
+    path, G = ckpt
+    out = tmp_path / "v.mkv"
+    res = run_cli("render", "-c", path, "--seeds", "3", "--frames", "10", "--fps", "12", "--codec", "ffv1",
+                  "--segment-frames", "4", "--output", out, "--preview")
+    assert "10/10 frames" in res.stderr
+    frames, stream = decode(out)
+    assert frames.shape == (10, 64, 64, 3)
+    assert stream.average_rate == 12
+    ref = torch.stack([f for _, _, f in Renderer(G, RenderRequest(seeds=[3], frames=10)).frames()]).numpy()
+    assert np.array_equal(frames, ref)  # lossless and bit-exact through segments + stream copy
+    assert (tmp_path / "v.preview.png").stat().st_size > 1000
+    assert not (tmp_path / "v.mkv.parts").exists() or not any((tmp_path / "v.mkv.parts").glob("*.tmp"))
+
+
+def test_render_x264_tags_and_quality(ckpt, tmp_path):
+    path, G = ckpt
+    out = tmp_path / "v.mp4"
+    run_cli("render", "-c", path, "--seeds", "5", "--frames", "9", "--interpolate", "2", "--t-end", "1.5",
+            "--output", out, "-q")
+    frames, stream = decode(out)
+    assert frames.shape == (17, 64, 64, 3)  # (9 - 1) * 2 + 1
+    cc = stream.codec_context
+    assert cc.name == "h264" and cc.color_primaries == 1 and cc.color_trc == 1 and cc.colorspace == 1
+    assert cc.color_range == 1  # limited (tv) range
+    req = RenderRequest(seeds=[5], frames=9, interpolate=2, t_end=1.5)
+    ref = torch.stack([f for _, _, f in Renderer(G, req).frames()]).numpy().astype(np.float64)
+    # Luma PSNR (4:2:0 subsampling alone costs RGB PSNR; see tests/test_sink.py).
+    w = np.array([0.2126, 0.7152, 0.0722])
+    mse = (((frames.astype(np.float64) - ref) @ w) ** 2).mean()
+    assert 10 * np.log10(255 ** 2 / mse) >= 40
+
+
+def test_grid_modes_and_outputs_per_seed(ckpt, tmp_path):
+    path, _ = ckpt
+    run_cli("render", "-c", path, "--grid", "seeds", "--seeds", "0-3", "--frames", "3", "--codec", "ffv1",
+            "--output", tmp_path / "g.mkv", "-q")
+    frames, _ = decode(tmp_path / "g.mkv")
+    assert frames.shape == (3, 128, 128, 3)
+    run_cli("render", "-c", path, "--grid", "motion", "--seeds", "7", "--motion-seeds", "0-2", "--frames", "3",
+            "--codec", "ffv1", "--output", tmp_path / "m.mkv", "-q")
+    frames, _ = decode(tmp_path / "m.mkv")
+    assert frames.shape == (3, 128, 128, 3)
+    run_cli("render", "-c", path, "--seeds", "1,2", "--frames", "2", "--codec", "png", "--output",
+            tmp_path / "png_{seed}", "-q")
+    assert len(list((tmp_path / "png_1").glob("*.png"))) == 2 and len(list((tmp_path / "png_2").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--frames", "0"], "--frames must be >= 1"),
+    (["--frames", "-3"], "--frames must be >= 1"),
+    (["--zoom", "1.3"], "base grid"),
+    (["--scale", "0"], "--scale must be a positive integer"),
+    (["--codec", "vp7"], "codec"),
+    (["--fps", "0"], "--fps must be positive"),
+    (["--crop", "0,0,500,10"], "does not fit"),
+    (["--memory-budget", "lots"], "memory size"),
+    (["--memory-budget", "1K"], "too small"),
+])
+def test_bad_requests_fail_before_any_work(ckpt, tmp_path, args, message):
+    path, _ = ckpt
+    out = tmp_path / "bad.mp4"
+    res = run_cli("render", "-c", path, "--output", out, *args, check=False)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr, res.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    res = run_cli("render", "-c", tmp_path / "nope.safetensors", "--output", tmp_path / "a.mp4", check=False)
+    assert res.returncode == 2 and "nope.safetensors" in res.stderr
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    res = run_cli("render", "-c", bad, "--output", tmp_path / "a.mp4", check=False)
+    assert res.returncode == 2 and "bad.safetensors" in res.stderr
+    assert not (tmp_path / "a.mp4").exists()
+
+
+def _segment_state(parts: Path):
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts.iterdir() if p.name.startswith("seg")
+            and not p.name.endswith(".tmp")}
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(ckpt, tmp_path):
+    path, _ = ckpt
+    common = ["render", "-c", path, "--seeds", "2", "--frames", "160", "--scale", "2", "--codec", "ffv1",
+              "--segment-frames", "16"]
+    run_cli(*common, "--output", tmp_path / "full.mkv", "-q")
+    ref, _ = decode(tmp_path / "full.mkv")
+    out = tmp_path / "killed.mkv"
+    parts = Path(str(out) + ".parts")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *map(str, common), "--output", str(out), "-q"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not parts.exists() or len(_segment_state(parts)) < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    before = _segment_state(parts)
+    assert 3 <= len(before) < 10, before
+    res = run_cli(*common, "--output", out, "--resume")
+    assert f"resume: {16 * len(before)} frames already rendered" in res.stderr
+    after = _segment_state(parts) if parts.exists() else {}
+    for name, state in before.items():  # finished segments were reused, not re-rendered
+        if name in after:
+            assert after[name] == state
+    got, _ = decode(out)
+    assert np.array_equal(got, ref)
+
+
+def test_resume_refuses_other_request(ckpt, tmp_path):
+    path, _ = ckpt
+    out = tmp_path / "r.mkv"
+    parts = Path(str(out) + ".parts")
+    common = ["render", "-c", path, "--frames", "40", "--codec", "ffv1", "--segment-frames", "8", "--output", out]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *map(str, common), "--seeds", "1", "--scale", "4", "-q"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not parts.exists() or not _segment_state(parts)):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = run_cli(*common, "--seeds", "2", "--scale", "4", "--resume", check=False)
+    assert res.returncode == 2 and "request" in res.stderr.lower()
+
+
+def test_sigint_leaves_no_corrupt_final_file(ckpt, tmp_path):
+    path, _ = ckpt
+    out = tmp_path / "i.mkv"
+    parts = Path(str(out) + ".parts")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    args = ["render", "-c", path, "--seeds", "4", "--frames", "400", "--scale", "2", "--codec", "ffv1",
+            "--segment-frames", "16", "--output", out, "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *map(str, args)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not parts.exists() or not _segment_state(parts)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not out.exists()
+    assert not list(parts.glob("*.tmp"))  # the segment in flight was discarded
+    res = run_cli(*args, "--resume")
+    frames, _ = decode(out)
+    assert frames.shape[0] == 400
+
+
+def test_info_and_convert(ckpt, tmp_path):
+    from tests.official_pickle import write_network_pickle
+    _, G = ckpt
+    marker = tmp_path / "module_src_ran"
+    pkl = write_network_pickle(tmp_path / "snap.pkl", G=G, G_ema=G, marker=marker)
+    run_cli("convert", pkl, tmp_path / "snap.safetensors")
+    assert not marker.exists()
+    a = run_cli("render", "-c", pkl, "--frames", "3", "--codec", "ffv1", "--output", tmp_path / "a.mkv", "-q")
+    b = run_cli("render", "-c", tmp_path / "snap.safetensors", "--frames", "3", "--codec", "ffv1", "--output",
+                tmp_path / "b.mkv", "-q")
+    assert np.array_equal(decode(tmp_path / "a.mkv")[0], decode(tmp_path / "b.mkv")[0])
+    res = run_cli("info", "-c", tmp_path / "snap.safetensors")
+    assert "64x64" in res.stdout
+    res = run_cli("info", "--scale", "8")
+    assert "UNTRAINED" in res.stdout
+    # 7.41 GMAC per 128x128 frame split (9.82 unsplit, DESIGN §3) x 8^2
+    assert "per frame at 1024x1024: 474.06 GMAC with split conv0 (628.68 GMAC the official way)" in res.stdout
+    assert "parameters:" in res.stdout
+    res = run_cli("render", "--help")
+    assert "--memory-budget" in res.stdout and "--resume" in res.stdout
+
+
+BOUNDED = textwrap.dedent("""
+    import sys
+    from engine.cli import main
+    rc = main(sys.argv[1:])
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            print("PEAK", int(line.split()[1]) * 1024)
+    sys.exit(rc)
+""")
+
+
+@pytest.mark.slow
+def test_long_render_memory_is_bounded(ckpt, tmp_path):
+    """Peak RSS of a 2,000-frame 256x256 render within 10% of a 200-frame one (x264 ultrafast)."""
+    path, _ = ckpt
+    peaks = {}
+    for frames in (200, 2000):
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        out = subprocess.run([sys.executable, "-c", BOUNDED, "render", "-c", str(path), "--seeds", "1", "--frames",
+                              str(frames), "--scale", "4", "--preset", "ultrafast", "--output",
+                              str(tmp_path / f"l{frames}.mp4"), "-q"], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-2000:]
+        peaks[frames] = int(out.stdout.split("PEAK")[-1])
+        assert count_frames(tmp_path / f"l{frames}.mp4") == frames
+    print({k: f"{v / 2**20:.0f} MiB" for k, v in peaks.items()})
+    assert peaks[2000] <= 1.10 * peaks[200]
