@@ -1,0 +1,251 @@
+"""Render benchmark: eager reference vs torch.compile vs the engine, side by side in one process.
+
+    python bench/bench_render.py                 # GPU if present, else the CPU subset
+    python bench/bench_render.py --sizes 128x16x1 --modes eager,engine-fp32,engine-bf16
+
+Per size (side x frames x videos) and mode it reports frames/s, the speedup over the eager fp32
+reference measured in the same run, MFU (FLOPs the mode really executes / the bf16 matmul rate
+measured on this device in this run), peak GPU memory (or host RSS growth on CPU), and the
+PSNR of bf16 uint8 frames against fp32 ones. Appends JSON rows (device, date, git revision) to
+bench/results/render.jsonl and rewrites the table between markers in bench/RESULTS.md.
+Timing: median of `--reps` runs after one warm-up, with device synchronisation.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from digan.default import untrained_generator  # noqa: E402
+from digan.view import View  # noqa: E402
+from engine.executor import Renderer  # noqa: E402
+from engine.flops import frame_work  # noqa: E402
+from engine.request import RenderRequest  # noqa: E402
+
+GPU_SIZES = ["128x16x1", "128x16x8", "512x64x1", "1024x256x1"]
+CPU_SIZES = ["128x16x1"]
+GPU_MODES = ["eager", "compile-bf16", "engine-fp32", "engine-tf32", "engine-bf16"]
+CPU_MODES = ["eager", "engine-fp32", "engine-bf16"]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores)"
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, reps: int) -> float:
+    fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def matmul_peak(device, dtype=torch.bfloat16) -> float:
+    """Measured dense matmul FLOP/s on this device (the denominator of MFU)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = timed(lambda: a @ b, device, 5 if device.type == "cuda" else 3)
+    return 2 * n ** 3 / t
+
+
+def rss() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def psnr_u8(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.float() - b.float()).square().mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def run(args) -> list:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    sizes = args.sizes.split(",") if args.sizes else (GPU_SIZES if gpu else CPU_SIZES)
+    modes = args.modes.split(",") if args.modes else (GPU_MODES if gpu else CPU_MODES)
+    G = untrained_generator().to(device)
+    cfg = G.cfg
+    peak = matmul_peak(device)
+    name = device_name(device)
+    print(f"device: {name}; measured bf16 matmul: {peak / 1e12:.1f} TFLOP/s", flush=True)
+    rows = []
+    for size in sizes:
+        side, frames, videos = (int(v) for v in size.split("x"))
+        scale = side // cfg.img_resolution
+        view = View(scale=scale)
+        work = frame_work(cfg, view)
+        total_frames = frames * videos
+        ref_fps = None
+        u8 = {}
+        for mode in modes:
+            row = dict(size=size, mode=mode, device=name, date=dt.datetime.now().isoformat(timespec="seconds"),
+                       rev=git_rev(), torch=torch.__version__)
+            try:
+                fn, flops_per_frame, grab = make_runner(G, mode, view, frames, videos, device, args.budget)
+            except RuntimeError as exc:
+                row["error"] = str(exc).splitlines()[0]
+                rows.append(row)
+                print(f"{size:>11} {mode:<13} skipped: {row['error']}", flush=True)
+                continue
+            if gpu:
+                torch.cuda.reset_peak_memory_stats(device)
+            base = rss()
+            try:
+                t = timed(fn, device, args.reps)
+            except torch.cuda.OutOfMemoryError:
+                row["error"] = "out of memory"
+                rows.append(row)
+                print(f"{size:>11} {mode:<13} out of memory", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            fps = total_frames / t
+            row.update(seconds=t, fps=fps, mfu=flops_per_frame * total_frames / t / peak,
+                       peak_mem=(torch.cuda.max_memory_allocated(device) if gpu else rss() - base))
+            if mode == "eager":
+                ref_fps = fps
+            if ref_fps:
+                row["speedup_vs_eager"] = fps / ref_fps
+            if grab is not None:
+                u8[mode] = grab()
+            rows.append(row)
+            print(f"{size:>11} {mode:<13} {fps:9.2f} frames/s  {row.get('speedup_vs_eager', float('nan')):6.2f}x eager"
+                  f"  MFU {row['mfu']:.3f}  mem {row['peak_mem'] / 2**20:8.0f} MiB", flush=True)
+        if "engine-fp32" in u8 and "engine-bf16" in u8:
+            p = psnr_u8(u8["engine-bf16"], u8["engine-fp32"])
+            for row in rows:
+                if row["size"] == size and row["mode"] == "engine-bf16":
+                    row["psnr_bf16_vs_fp32"] = p
+            print(f"{size:>11} bf16 vs fp32 uint8 PSNR: {p:.1f} dB", flush=True)
+        compile_fps = {r["mode"]: r.get("fps") for r in rows if r["size"] == size}
+        if compile_fps.get("compile-bf16") and compile_fps.get("engine-bf16"):
+            print(f"{size:>11} engine-bf16 / compile-bf16: {compile_fps['engine-bf16'] / compile_fps['compile-bf16']:.2f}x")
+    return rows
+
+
+def make_runner(G, mode, view, frames, videos, device, budget):
+    cfg = G.cfg
+    work = frame_work(cfg, view)
+    torch.manual_seed(0)
+    if mode in ("eager", "compile-bf16"):
+        z = torch.randn(videos, cfg.z_dim, device=device)
+        zm = torch.randn(videos, cfg.w_dim, device=device)
+        Ts = torch.linspace(0, 1, frames, device=device).repeat(videos)
+        ws = G.mapping(z, None)
+        syn = G.synthesis
+        if mode == "compile-bf16":
+            syn = torch.compile(G.synthesis, mode="max-autotune")
+        # Chunk by frames so the reference fits: at most ~2^20 output pixels per call.
+        per_call = max(1, (1 << 20) // (view.output_size(cfg.img_resolution)[0] ** 2))
+
+        @torch.no_grad()
+        def fn():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=(mode == "compile-bf16")):
+                for v in range(videos):
+                    for f0 in range(0, frames, per_call):
+                        t = Ts[v * frames + f0: v * frames + min(f0 + per_call, frames)]
+                        syn(ws[v:v + 1], t, zm[v:v + 1], view=view)
+        return fn, 2 * work.macs_unsplit, None
+    precision = mode.split("-")[1]
+    req = RenderRequest(seeds=list(range(videos)), frames=frames, view=view, precision=precision,
+                        memory_budget=budget, device=str(device))
+    r = Renderer(G, req)
+    last = {}
+
+    def fn():
+        out = None
+        for k, f, fr in r.frames():
+            if k == 0 and f == 0:
+                out = fr
+        last["frame"] = out
+
+    return fn, 2 * work.macs, (lambda: last["frame"])
+
+
+def write_results(rows: list) -> None:
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "render.jsonl", "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    lines = ["| device | size (side x frames x videos) | mode | frames/s | x eager | MFU | peak mem (MiB) | bf16 PSNR (dB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['device']} | {r['size']} | {r['mode']} | {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['device']} | {r['size']} | {r['mode']} | {r['fps']:.2f} | "
+                     f"{r.get('speedup_vs_eager', float('nan')):.2f} | {r['mfu']:.3f} | {r['peak_mem'] / 2**20:.0f} | "
+                     f"{r.get('psnr_bf16_vs_fp32', float('nan')):.1f} |")
+    table = "\n".join(lines)
+    path = REPO / "bench" / "RESULTS.md"
+    kind = "gpu" if any("cuda" in str(r.get("device", "")).lower() or "nvidia" in str(r.get("device", "")).lower()
+                        for r in rows) else "cpu"
+    begin, end = f"<!-- render-{kind}:begin -->", f"<!-- render-{kind}:end -->"
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n_{rows[0]['date']} rev {rows[0]['rev']}, `python bench/bench_render.py`_\n\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default=None, help="comma list of SIDExFRAMESxVIDEOS")
+    p.add_argument("--modes", default=None, help=f"comma list of {GPU_MODES}")
+    p.add_argument("--device", default=None)
+    p.add_argument("--budget", type=lambda s: int(float(s) * (1 << 30)), default=4 << 30, help="engine budget, GiB")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    rows = run(args)
+    if not args.no_write and rows:
+        write_results(rows)
+
+
+if __name__ == "__main__":
+    main()
