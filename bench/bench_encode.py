@@ -152,6 +152,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="median of this many runs")
     p.add_argument("--queue-size", type=int, default=8)
     p.add_argument("--overlap", action="store_true", help="also measure render+encode overlap")
+    p.add_argument("--producer", choices=["numpy", "device"], default="numpy",
+                   help="overlap renderer: 'numpy' builds frames on the CPU (competes with the encoder "
+                        "for cores); 'device' stands for a GPU render: it waits (releasing the CPU, like a "
+                        "CUDA sync) as long as encoding one frame takes, then hands over a ready frame")
     p.add_argument("--no-append", action="store_true", help=f"do not append to {RESULTS.relative_to(REPO)}")
     args = p.parse_args(argv)
 
@@ -175,9 +179,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{backend:<8} {preset:<10} {fps:9.1f}")
                 rows.append(dict(base, kind="throughput", backend=backend, preset=preset, fps=round(fps, 2)))
         if args.overlap:
-            # stand-in renderer: builds a fresh frame (numpy, a few tens of ms at 1024^2)
-            def produce(i: int) -> np.ndarray:
-                return make_frames(1, args.size, seed=i)[0]
+            if args.producer == "numpy":
+                # stand-in renderer: builds a fresh frame (numpy, a few tens of ms at 1024^2)
+                def produce(i: int) -> np.ndarray:
+                    return make_frames(1, args.size, seed=i)[0]
+            else:
+                # stand-in GPU renderer: the host thread waits as long as one frame's encode takes
+                # (the worst case for hiding: render time = encode time), then copies a frame out.
+                wait = 1.0 / max(r["fps"] for r in rows if r["preset"] == args.presets[0])
+
+                def produce(i: int) -> np.ndarray:
+                    time.sleep(wait)
+                    return frames[i % len(frames)]
 
             print(f"\n{'backend':<8} {'preset':<10} {'render s':>9} {'encode s':>9} {'both s':>8} {'both/max':>9}")
             for backend in backends:
@@ -187,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                                     queue_size=args.queue_size), frames)
                 print(f"{backend:<8} {preset:<10} {r['render_s']:9.2f} {r['encode_s']:9.2f} {r['both_s']:8.2f} "
                       f"{r['overlap']:9.2f}")
-                rows.append(dict(base, kind="overlap", backend=backend, preset=preset,
+                rows.append(dict(base, kind="overlap", producer=args.producer, backend=backend, preset=preset,
                                  **{k: round(v, 3) for k, v in r.items()}))
     if not args.no_append:
         append_rows(rows)

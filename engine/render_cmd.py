@@ -208,6 +208,15 @@ def cmd_render(args) -> int:
         raise ValueError(f"--fps must be positive, got {args.fps}")
     if args.segment_frames < 1:
         raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
+    # torchrun: rank r renders segments r, r + W, ...; rank 0 joins them after a barrier.
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        if args.device is None and torch.cuda.is_available():
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        args.quiet = args.quiet or rank != 0
     G, desc = load_or_default(args.checkpoint)
     jobs = build_requests(args, G.cfg)
     mid = model_id(args.checkpoint, desc)
@@ -234,7 +243,7 @@ def cmd_render(args) -> int:
         key = hashlib.sha256((req.content_hash(mid) + repr(sorted(settings.items()))).encode()).hexdigest()[:24]
         writer = SegmentedWriter(path, request_hash=key, total_frames=T, width=W, height=H, fps=args.fps,
                                  codec=codec, crf=args.crf, preset=args.preset, segment_frames=args.segment_frames,
-                                 resume=args.resume, backend=args.encoder)
+                                 resume=args.resume, backend=args.encoder, rank=rank, world_size=world)
         pending = writer.pending_segments()
         skipped = T - sum(e - s for _, s, e in pending)
         if skipped:
@@ -257,6 +266,10 @@ def cmd_render(args) -> int:
 
         for index, s, e in pending:
             writer.write_segment(index, counted(grid_frames(renderer, grid, s, e), s))
+        if world > 1:
+            torch.distributed.barrier()
+            if rank != 0:
+                continue
         final = writer.finalize()
         if not args.quiet:
             print(f"wrote {final}", file=sys.stderr)

@@ -169,6 +169,19 @@ def test_kill_9_then_resume_equals_uninterrupted(ckpt, tmp_path):
     assert np.array_equal(got, ref)
 
 
+def test_torchrun_ranks_share_segments(ckpt, tmp_path):
+    """Two ranks (gloo, CPU) take segments in turn; rank 0 joins: same frames as one process."""
+    path, _ = ckpt
+    common = ["render", "-c", path, "--seeds", "6", "--frames", "40", "--codec", "ffv1", "--segment-frames", "8", "-q"]
+    run_cli(*common, "--output", tmp_path / "one.mkv")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29531", "-m", "engine.cli", *map(str, common), "--output", str(tmp_path / "two.mkv")],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert np.array_equal(decode(tmp_path / "one.mkv")[0], decode(tmp_path / "two.mkv")[0])
+
+
 def test_resume_refuses_other_request(ckpt, tmp_path):
     path, _ = ckpt
     out = tmp_path / "r.mkv"
