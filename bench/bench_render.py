@@ -89,11 +89,38 @@ def matmul_peak(device, dtype=torch.bfloat16) -> float:
     return 2 * n ** 3 / t
 
 
-def rss() -> int:
+MEMORY_CHILD = """
+import json, sys, torch
+sys.path.insert(0, {repo!r})
+from digan.default import untrained_generator
+from engine.executor import Renderer
+from engine.request import RenderRequest
+G = untrained_generator()
+req = RenderRequest(seeds=[0], frames={frames}, precision={precision!r}, backend="torch", device="cpu")
+r = Renderer(G, req)
+def status(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(key):
             return int(line.split()[1]) * 1024
-    return 0
+base = status("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # peak mark := now
+n = sum(1 for _ in r.frames())
+print(json.dumps(dict(frames=n, base=base, peak=status("VmHWM:"))))
+"""
+
+
+def memory_curve(frame_counts=(16, 64, 256), precision="fp32") -> list:
+    """Peak RSS growth of CPU renders of increasing length, each in a fresh process."""
+    out = []
+    for n in frame_counts:
+        code = MEMORY_CHILD.format(repo=str(REPO), frames=n, precision=precision)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        out.append(dict(frames=n, precision=precision, growth_mib=(r["peak"] - r["base"]) / 2**20,
+                        peak_mib=r["peak"] / 2**20))
+        print(f"memory curve {precision}: {n:4d} frames at 128x128: peak RSS {out[-1]['peak_mib']:.0f} MiB, "
+              f"growth during render {out[-1]['growth_mib']:.0f} MiB", flush=True)
+    return out
 
 
 def psnr_u8(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -132,7 +159,6 @@ def run(args) -> list:
                 continue
             if gpu:
                 torch.cuda.reset_peak_memory_stats(device)
-            base = rss()
             try:
                 t = timed(fn, device, args.reps)
             except torch.cuda.OutOfMemoryError:
@@ -142,8 +168,10 @@ def run(args) -> list:
                 torch.cuda.empty_cache()
                 continue
             fps = total_frames / t
+            # CPU memory is measured per process by --memory-curve: in one process glibc reuses the
+            # heap an earlier mode freed, so RSS growth here would say little.
             row.update(seconds=t, fps=fps, mfu=flops_per_frame * total_frames / t / peak,
-                       peak_mem=(torch.cuda.max_memory_allocated(device) if gpu else rss() - base))
+                       peak_mem=(torch.cuda.max_memory_allocated(device) if gpu else float("nan")))
             if mode == "eager":
                 ref_fps = fps
             if ref_fps:
@@ -152,7 +180,8 @@ def run(args) -> list:
                 u8[mode] = grab()
             rows.append(row)
             print(f"{size:>11} {mode:<13} {fps:9.2f} frames/s  {row.get('speedup_vs_eager', float('nan')):6.2f}x eager"
-                  f"  MFU {row['mfu']:.3f}  mem {row['peak_mem'] / 2**20:8.0f} MiB", flush=True)
+                  f"  MFU {row['mfu']:.3f}" + (f"  peak GPU mem {row['peak_mem'] / 2**20:.0f} MiB" if gpu else ""),
+                  flush=True)
         if "engine-fp32" in u8 and "engine-bf16" in u8:
             p = psnr_u8(u8["engine-bf16"], u8["engine-fp32"])
             for row in rows:
@@ -204,27 +233,35 @@ def make_runner(G, mode, view, frames, videos, device, budget):
     return fn, 2 * work.macs, (lambda: last["frame"])
 
 
-def write_results(rows: list) -> None:
+def write_results(rows: list, curve: list = ()) -> None:
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "render.jsonl", "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    lines = ["| device | size (side x frames x videos) | mode | frames/s | x eager | MFU | peak mem (MiB) | bf16 PSNR (dB) |",
+    mem = "peak GPU mem (MiB)" if any("nvidia" in str(r.get("device", "")).lower() for r in rows) \
+        else "peak RSS growth (MiB)"
+    lines = [f"| device | size (side x frames x videos) | mode | frames/s | x eager | MFU | {mem} | bf16 PSNR (dB) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['device']} | {r['size']} | {r['mode']} | {r['error']} | | | | |")
             continue
+        mem_txt = "see curve" if r["peak_mem"] != r["peak_mem"] else f"{r['peak_mem'] / 2**20:.0f}"
+        psnr = r.get("psnr_bf16_vs_fp32")
         lines.append(f"| {r['device']} | {r['size']} | {r['mode']} | {r['fps']:.2f} | "
-                     f"{r.get('speedup_vs_eager', float('nan')):.2f} | {r['mfu']:.3f} | {r['peak_mem'] / 2**20:.0f} | "
-                     f"{r.get('psnr_bf16_vs_fp32', float('nan')):.1f} |")
+                     f"{r.get('speedup_vs_eager', float('nan')):.2f} | {r['mfu']:.3f} | {mem_txt} | "
+                     f"{'' if psnr is None else f'{psnr:.1f}'} |")
     table = "\n".join(lines)
     path = REPO / "bench" / "RESULTS.md"
     kind = "gpu" if any("cuda" in str(r.get("device", "")).lower() or "nvidia" in str(r.get("device", "")).lower()
                         for r in rows) else "cpu"
     begin, end = f"<!-- render-{kind}:begin -->", f"<!-- render-{kind}:end -->"
     text = path.read_text() if path.exists() else ""
+    if curve:
+        table += ("\n\nMemory curve (each render in a fresh process, default 2 GiB budget, fp32): "
+                  + ", ".join(f"{c['frames']} frames → peak RSS {c['peak_mib']:.0f} MiB "
+                              f"(+{c['growth_mib']:.0f} MiB while rendering)" for c in curve) + ".")
     block = f"{begin}\n_{rows[0]['date']} rev {rows[0]['rev']}, `python bench/bench_render.py`_\n\n{table}\n{end}"
     if begin in text and end in text:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
@@ -241,10 +278,12 @@ def main():
     p.add_argument("--budget", type=lambda s: int(float(s) * (1 << 30)), default=4 << 30, help="engine budget, GiB")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--memory-curve", action="store_true", help="CPU: peak RSS of 16/64/256-frame renders")
     args = p.parse_args()
     rows = run(args)
+    curve = memory_curve() if args.memory_curve else []
     if not args.no_write and rows:
-        write_results(rows)
+        write_results(rows, curve)
 
 
 if __name__ == "__main__":
