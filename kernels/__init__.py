@@ -12,6 +12,10 @@ from .modulate import (fmm_modulate, fmm_modulate_reference, fmm_modulate_triton
                        torgb_modulate_reference)
 from .rgb import (YUV_COEFFS, rgb_to_yuv420, rgb_to_yuv420_reference, rgb_to_yuv420_triton,
                   to_uint8, to_uint8_reference, to_uint8_triton)
+from .linear_backward import (FmmLinearGrads, fmm_linear_autograd, fmm_linear_backward,
+                              fmm_linear_backward_reference, scatter_rows)
+from .modulate_backward import (fmm_modulate_autograd, fmm_modulate_backward,
+                                fmm_modulate_backward_reference)
 
 __all__ = [
     "PRECISIONS", "MIN_GEMM_ROWS", "SQRT2", "tf32_round",
@@ -20,4 +24,7 @@ __all__ = [
     "fmm_linear", "fmm_linear_reference", "fmm_linear_torch", "fmm_linear_triton", "nearest_index",
     "to_uint8", "to_uint8_reference", "to_uint8_triton",
     "rgb_to_yuv420", "rgb_to_yuv420_reference", "rgb_to_yuv420_triton", "YUV_COEFFS",
+    "FmmLinearGrads", "fmm_linear_autograd", "fmm_linear_backward", "fmm_linear_backward_reference",
+    "scatter_rows", "fmm_modulate_autograd", "fmm_modulate_backward",
+    "fmm_modulate_backward_reference",
 ]
