@@ -73,6 +73,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ema-kimg", type=float, default=None, help="G_ema half-life in kimg (10·batch/32)")
     r.add_argument("--ema-rampup", type=float, default=None, help="EMA ramp-up (0.05); negative = off")
     r.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    r.add_argument("--kernels", choices=("off", "fp32", "tf32", "bf16"), default="off",
+                   help="run G's synthesis on our fused kernels (digan.fast_synthesis) in this precision; "
+                        "'off' = the reference PyTorch path, numerically the official code")
 
     o = p.add_argument_group("run")
     o.add_argument("--out", required=True, help="output folder: snapshots, log.csv, previews/")
@@ -196,7 +199,18 @@ def run_train(args) -> int:
             g_cfg = dataclasses.replace(g_cfg, c_dim=dataset.c_dim)
             d_cfg = dataclasses.replace(d_cfg, c_dim=dataset.c_dim)
 
-        trainer = Trainer(g_cfg, d_cfg, dataset, cfg, device=device, env=env, workers=args.workers)
+        synthesis = None
+        if args.kernels != "off":
+            from digan.fast_synthesis import fast_synthesis
+            holder = {}
+
+            def synthesis(ws, Ts, z_motion):
+                return fast_synthesis(holder["G"], ws, Ts, z_motion, precision=args.kernels)
+        trainer = Trainer(g_cfg, d_cfg, dataset, cfg, device=device, env=env, workers=args.workers,
+                          synthesis=synthesis)
+        if synthesis is not None:
+            holder["G"] = trainer.G
+            log(f"synthesis on the fused kernels ({args.kernels})")
         if ckpt is not None:
             trainer.load(ckpt)
             log(f"resumed from {ckpt} at step {trainer.step_idx} ({trainer.cur_nimg / 1000:.1f} kimg)")
