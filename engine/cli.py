@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+import torch
 from typing import List, Optional
 
 USAGE_EXAMPLES = """examples:
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="architecture, parameter count, FLOPs per frame")
     _add_model_args(p)
+    p.add_argument("--preset", default=None, help="describe a preset architecture instead of a checkpoint "
+                                                  "(digan-128, digan-128-ucf101, small-64, tiny-64, tiny-32)")
     p.add_argument("--scale", type=int, default=1, help="super-resolution factor for the FLOP count")
     p.add_argument("--zoom", type=float, default=None, help="coordinate half-range for the FLOP count")
 
@@ -62,11 +66,20 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from digan.config import generator_preset
     from digan.default import load_or_default
+    from digan.networks import Generator
     from digan.view import View
 
     from .flops import frame_work
-    G, desc = load_or_default(args.checkpoint)
+    if args.preset is not None:
+        if args.checkpoint is not None:
+            raise ValueError("give either --checkpoint or --preset, not both")
+        with torch.device("meta"):  # shapes only: no memory, no weights
+            G = Generator(generator_preset(args.preset))
+        desc = f"preset {args.preset} (architecture only, no weights)"
+    else:
+        G, desc = load_or_default(args.checkpoint)
     cfg = G.cfg
     view = View(scale=args.scale) if args.zoom is None else View.from_range(
         cfg.img_resolution, cfg.input_resolution, -args.zoom, args.zoom, args.scale)

@@ -235,8 +235,10 @@ def test_info_and_convert(ckpt, tmp_path):
     assert np.array_equal(decode(tmp_path / "a.mkv")[0], decode(tmp_path / "b.mkv")[0])
     res = run_cli("info", "-c", tmp_path / "snap.safetensors")
     assert "64x64" in res.stdout
-    res = run_cli("info", "--scale", "8")
-    assert "UNTRAINED" in res.stdout
+    res = run_cli("info")
+    assert "model: " in res.stdout and ("UNTRAINED" in res.stdout or "trained demo model" in res.stdout)
+    res = run_cli("info", "--preset", "digan-128", "--scale", "8")
+    assert "architecture only" in res.stdout
     # 7.41 GMAC per 128x128 frame split (9.82 unsplit, DESIGN §3) x 8^2
     assert "per frame at 1024x1024: 474.06 GMAC with split conv0 (628.68 GMAC the official way)" in res.stdout
     assert "parameters:" in res.stdout
