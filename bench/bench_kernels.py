@@ -43,9 +43,7 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.envinfo import device_name, git_rev  # noqa: E402
 from digan.config import generator_preset  # noqa: E402
 from kernels import SQRT2, fmm_linear, fmm_modulate, nearest_index, rgb_to_yuv420, to_uint8  # noqa: E402
 from kernels._common import interpreter_enabled, triton_available  # noqa: E402
@@ -86,31 +85,6 @@ GPU_PRECISIONS, CPU_PRECISIONS = PRECISIONS, ("fp32", "bf16")   # CPU has no TF3
 
 
 # ---- environment --------------------------------------------------------------------------------
-
-def device_name(device: torch.device) -> str:
-    """Same as bench_render.device_name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores)"
-
-
-def git_rev() -> Tuple[str, bool]:
-    """(short revision, whether the working tree has changes)."""
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except Exception:  # noqa: BLE001
-        return "unknown", False
-
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

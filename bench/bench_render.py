@@ -16,8 +16,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.envinfo import device_name, git_rev  # noqa: E402
 from digan.default import untrained_generator  # noqa: E402
 from digan.view import View  # noqa: E402
 from engine.executor import Renderer  # noqa: E402
@@ -38,28 +37,6 @@ GPU_SIZES = ["128x16x1", "128x16x8", "512x64x1", "1024x256x1"]
 CPU_SIZES = ["128x16x1"]
 GPU_MODES = ["eager", "compile-bf16", "engine-fp32", "engine-tf32", "engine-bf16"]
 CPU_MODES = ["eager", "engine-fp32", "engine-bf16"]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores)"
-
-
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def sync(device):
@@ -137,19 +114,20 @@ def run(args) -> list:
     cfg = G.cfg
     peak = matmul_peak(device)
     name = device_name(device)
+    rev, dirty = git_rev()
+    rev += "-dirty" if dirty else ""
     print(f"device: {name}; measured bf16 matmul: {peak / 1e12:.1f} TFLOP/s", flush=True)
     rows = []
     for size in sizes:
         side, frames, videos = (int(v) for v in size.split("x"))
         scale = side // cfg.img_resolution
         view = View(scale=scale)
-        work = frame_work(cfg, view)
         total_frames = frames * videos
         ref_fps = None
         u8 = {}
         for mode in modes:
             row = dict(size=size, mode=mode, device=name, date=dt.datetime.now().isoformat(timespec="seconds"),
-                       rev=git_rev(), torch=torch.__version__)
+                       rev=rev, torch=torch.__version__)
             try:
                 fn, flops_per_frame, grab = make_runner(G, mode, view, frames, videos, device, args.budget)
             except RuntimeError as exc:
@@ -196,7 +174,7 @@ def run(args) -> list:
 
 def make_runner(G, mode, view, frames, videos, device, budget):
     cfg = G.cfg
-    work = frame_work(cfg, view)
+    work = frame_work(cfg, view)  # FLOPs each mode really executes
     torch.manual_seed(0)
     if mode in ("eager", "compile-bf16"):
         z = torch.randn(videos, cfg.z_dim, device=device)

@@ -43,5 +43,20 @@ def official_d():
     return D, fx
 
 
+def perturbed_generator(preset: str, seed: int):
+    """A random generator of a preset whose biases are perturbed by 0.1 N(0, 1), so that no
+    parameter sits at its initial constant (as in the official fixtures)."""
+    from digan.config import generator_preset
+    from digan.networks import Generator
+
+    torch.manual_seed(seed)
+    G = Generator(generator_preset(preset)).eval()
+    with torch.no_grad():
+        for n, p in G.named_parameters():
+            if n.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return G
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()

@@ -1,5 +1,4 @@
 """The `digan` command end to end: outputs, resume after kill -9, bad requests, bounded memory."""
-import json
 import os
 import signal
 import subprocess
@@ -13,11 +12,9 @@ import pytest
 import torch
 
 from digan.checkpoint import save_generator
-from digan.config import generator_preset
-from digan.networks import Generator
 from engine.executor import Renderer
 from engine.request import RenderRequest
-from tests.conftest import REPO
+from tests.conftest import REPO, perturbed_generator
 
 av = pytest.importorskip("av")
 
@@ -45,12 +42,7 @@ def decode(path):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(11)
-    G = Generator(generator_preset("tiny-64")).eval()
-    with torch.no_grad():
-        for n, p in G.named_parameters():
-            if n.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    G = perturbed_generator("tiny-64", 11)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_generator(G, path)
     return path, G
@@ -217,7 +209,7 @@ def test_sigint_leaves_no_corrupt_final_file(ckpt, tmp_path):
     assert "interrupted" in err
     assert not out.exists()
     assert not list(parts.glob("*.tmp"))  # the segment in flight was discarded
-    res = run_cli(*args, "--resume")
+    run_cli(*args, "--resume")
     frames, _ = decode(out)
     assert frames.shape[0] == 400
 
@@ -229,8 +221,8 @@ def test_info_and_convert(ckpt, tmp_path):
     pkl = write_network_pickle(tmp_path / "snap.pkl", G=G, G_ema=G, marker=marker)
     run_cli("convert", pkl, tmp_path / "snap.safetensors")
     assert not marker.exists()
-    a = run_cli("render", "-c", pkl, "--frames", "3", "--codec", "ffv1", "--output", tmp_path / "a.mkv", "-q")
-    b = run_cli("render", "-c", tmp_path / "snap.safetensors", "--frames", "3", "--codec", "ffv1", "--output",
+    run_cli("render", "-c", pkl, "--frames", "3", "--codec", "ffv1", "--output", tmp_path / "a.mkv", "-q")
+    run_cli("render", "-c", tmp_path / "snap.safetensors", "--frames", "3", "--codec", "ffv1", "--output",
                 tmp_path / "b.mkv", "-q")
     assert np.array_equal(decode(tmp_path / "a.mkv")[0], decode(tmp_path / "b.mkv")[0])
     res = run_cli("info", "-c", tmp_path / "snap.safetensors")

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from digan.config import generator_preset
-from digan.networks import Generator
 from digan.view import View
 from engine.executor import Renderer
 from engine.plan import MiB, make_plan
 from engine.request import RenderRequest
-from tests.conftest import REPO, rel_l2
+from tests.conftest import REPO, perturbed_generator, rel_l2
 
 # fp32 engine vs reference: the same math in another order (split conv0, GEMMs instead of grouped
 # convs, sin/cos from a fused phase): measured ~1e-6; the bar is 1e-5.
@@ -60,14 +59,7 @@ def _frames(G, req, plan=None):
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(3)
-    G = Generator(generator_preset("tiny-64")).eval().requires_grad_(False)
-    # Random biases so nothing sits at its init constant.
-    with torch.no_grad():
-        for n, p in G.named_parameters():
-            if n.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return G
+    return perturbed_generator("tiny-64", 3).requires_grad_(False)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

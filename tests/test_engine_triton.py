@@ -5,12 +5,10 @@ import tests.kernel_utils  # noqa: F401  (turns TRITON_INTERPRET on unless set)
 import pytest
 import torch
 
-from digan.config import generator_preset
-from digan.networks import Generator
 from digan.view import View
 from engine.executor import Renderer, prepare_video
 from engine.request import RenderRequest
-from tests.conftest import rel_l2
+from tests.conftest import perturbed_generator, rel_l2
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -18,13 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(5)
-    G = Generator(generator_preset("tiny-32")).eval().requires_grad_(False)
-    with torch.no_grad():
-        for n, p in G.named_parameters():
-            if n.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return G
+    return perturbed_generator("tiny-32", 5).requires_grad_(False)
 
 
 def test_triton_engine_equals_torch_engine(tiny):
