@@ -1104,12 +1104,15 @@ def _sniff(path: str) -> str:
         raise CheckpointError(f"{path}: the file is empty")
     if head.startswith(b"PK\x03\x04") or head.startswith(_LEGACY_TORCH_MAGIC):
         return "torch"
-    if len(head) >= 9 and head[8:9] == b"{" and head[:1] != b"\x80":
+    if len(head) >= 9 and head[8:9] == b"{":
+        # A safetensors header length can start with byte 0x80 (e.g. 0xD880 bytes); a pickle's first
+        # 8 bytes (0x80, protocol, frame opcode, ...) read as a length far beyond the file.
         n = int.from_bytes(head[:8], "little")
-        if n > size - 8:
+        if n <= size - 8:
+            return "safetensors"
+        if head[:1] != b"\x80":
             raise CheckpointError(f"{path}: truncated safetensors file: the header needs {n} bytes but the file has "
                                   f"{size - 8} after the length")
-        return "safetensors"
     if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]", b"c"):  # protocol >= 2; typical protocol 0/1 starts
         return "pickle"
     raise CheckpointError(f"{path}: unknown checkpoint format (starts with {head[:8]!r}); expected our safetensors "

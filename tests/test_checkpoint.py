@@ -595,3 +595,26 @@ def test_inference_checks_stored_values_against_shapes():
         ck.infer_generator_config(_sd(TINY_G), {"channel_base": 256, "channel_max": 16}, source="x.pkl")
     with pytest.raises(CheckpointError, match="cannot infer c_dim"):
         ck.infer_discriminator_config(dict(Discriminator(TINY_D).state_dict()), {"c_dim": 101}, source="x.pkl")
+
+
+def test_safetensors_whose_header_length_starts_with_0x80(tmp_path):
+    """A header of 0x..80 bytes makes the file's first byte 0x80, like a pickle's: still safetensors."""
+    import json as _json
+    from safetensors.torch import save_file
+    from digan.checkpoint import load_generator, save_generator
+    from digan.config import generator_preset
+    from digan.networks import Generator
+    torch.manual_seed(0)
+    G = Generator(generator_preset("tiny-32"))
+    path = tmp_path / "g.safetensors"
+    save_generator(G, path)
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for pad in range(0, 256):  # grow a metadata field until the header length's low byte is 0x80
+        save_file(tensors, str(path), metadata={**meta, "note": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    G2 = load_generator(path)
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
