@@ -20,9 +20,9 @@ $(STAMP): setup.py pyproject.toml csrc/frame_stream.cpp Makefile
 
 deps: $(STAMP)
 
-# Render a 2-second 128x128 video with the default model.
+# Render a 2-second 128x128 video with the default model (the 32x32 demo model at scale 4).
 render: deps
-	$(PY) -m engine.cli render --seeds 0 --frames 32 --fps 16 --output renders/default.mp4 --preview
+	$(PY) -m engine.cli render --seeds 1 --frames 32 --fps 16 --scale 4 --output renders/default.mp4 --preview
 
 test: deps
 	$(PY) -m pytest -q

