@@ -50,11 +50,7 @@ def fast_synthesis(G: Union[Generator, SynthesisNetwork], ws: torch.Tensor,
     backend: 'auto' (Triton on CUDA tensors, torch otherwise), 'triton', 'torch'."""
     syn = G.synthesis if isinstance(G, Generator) else G
     cfg = syn.cfg
-    if ws.ndim != 3 or ws.shape[1:] != (syn.num_ws, syn.w_dim):
-        raise ValueError(f"ws must have shape (B, {syn.num_ws}, {syn.w_dim}), got {tuple(ws.shape)}")
-    B = ws.shape[0]
-    if z_motion.shape != (B, syn.w_dim):
-        raise ValueError(f"z_motion must have shape ({B}, {syn.w_dim}), got {tuple(z_motion.shape)}")
+    B = syn.check_codes(ws, z_motion)
     dev = ws.device
     Ts = _parse_times(Ts, B).to(dev)                                  # (B, T)
     T = Ts.shape[1]

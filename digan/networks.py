@@ -320,15 +320,20 @@ class SynthesisNetwork(nn.Module):
             idx += block.num_conv
         return out
 
-    def forward(self, ws: torch.Tensor, Ts: Union[torch.Tensor, Sequence[float]], z_motion: torch.Tensor,
-                view: Optional[View] = None, **_ignored) -> torch.Tensor:
-        """ws (B, num_ws, w_dim), Ts (B*T,) video-major, z_motion (B, w_dim) -> (B*T, 3, H, W)."""
-        cfg = self.cfg
+    def check_codes(self, ws: torch.Tensor, z_motion: torch.Tensor) -> int:
+        """Validate ws (B, num_ws, w_dim) and z_motion (B, w_dim); returns B."""
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"ws must have shape (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
         B = ws.shape[0]
         if z_motion.shape != (B, self.w_dim):
             raise ValueError(f"z_motion must have shape ({B}, {self.w_dim}), got {tuple(z_motion.shape)}")
+        return B
+
+    def forward(self, ws: torch.Tensor, Ts: Union[torch.Tensor, Sequence[float]], z_motion: torch.Tensor,
+                view: Optional[View] = None, **_ignored) -> torch.Tensor:
+        """ws (B, num_ws, w_dim), Ts (B*T,) video-major, z_motion (B, w_dim) -> (B*T, 3, H, W)."""
+        cfg = self.cfg
+        B = self.check_codes(ws, z_motion)
         Ts = _parse_times(Ts, B).to(ws.device)
         T = Ts.shape[1]
         view = view or View()
