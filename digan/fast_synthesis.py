@@ -45,7 +45,8 @@ def fast_synthesis(G: Union[Generator, SynthesisNetwork], ws: torch.Tensor,
                    Ts: Union[torch.Tensor, Sequence[float]], z_motion: torch.Tensor,
                    precision: str = "fp32", backend: str = "auto",
                    view: Optional[View] = None) -> torch.Tensor:
-    """ws (B, num_ws, w_dim), Ts (B*T,) video-major (or (B, T)), z_motion (B, w_dim)
+    """ws (B, num_ws, w_dim), Ts video-major in any of networks.TIME_LAYOUTS (the official
+    (B*T, 1, 1, 1) among them), z_motion (B, w_dim)
     -> frames (B*T, 3, H, W) fp32; G a Generator (its .synthesis is used) or a SynthesisNetwork.
     backend: 'auto' (Triton on CUDA tensors, torch otherwise), 'triton', 'torch'."""
     syn = G.synthesis if isinstance(G, Generator) else G

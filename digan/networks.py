@@ -285,13 +285,24 @@ class SynthesisBlock(nn.Module):
         return layers + (list(self.extra_convs) if hasattr(self, "extra_convs") else [])
 
 
+TIME_LAYOUTS = "(B*T,), (B*T, 1, 1, 1) (the official code's), (B, T) or (B, T, 1, 1)"
+
+
 def _parse_times(Ts: Union[torch.Tensor, Sequence[float]], B: int) -> torch.Tensor:
-    """Accept (B*T,), (B, T) or (B, T, 1, 1) (the official generation script's layout) -> (B, T)."""
+    """Times in any layout an entry point accepts -> (B, T), video-major.
+
+    The official `Generator.forward` builds (B*T, 1, 1, 1) (one row per frame, video-major) and its
+    synthesis infers T = rows / B; (B*T,), (B, T) and (B, T, 1, 1) are accepted besides. With T = 1
+    the flat and per-video layouts coincide, so no shape is ambiguous."""
     Ts = torch.as_tensor(Ts, dtype=torch.float32)
-    if Ts.ndim == 0 or Ts.numel() == 0 or Ts.numel() % B != 0:
-        raise ValueError(f"Ts must hold T times per video for {B} videos (video-major), got shape {tuple(Ts.shape)}")
-    if Ts.ndim >= 2 and Ts.shape[0] != B:
-        raise ValueError(f"Ts has {Ts.shape[0]} rows but there are {B} videos")
+    shape = tuple(Ts.shape)
+    if Ts.numel() == 0 or Ts.numel() % B != 0:
+        raise ValueError(f"Ts must hold T >= 1 times per video for {B} videos, got shape {shape}; "
+                         f"accepted layouts: {TIME_LAYOUTS}")
+    flat = Ts.ndim == 1 or (Ts.ndim == 4 and shape[1:] == (1, 1, 1))
+    per_video = (Ts.ndim == 2 or (Ts.ndim == 4 and shape[2:] == (1, 1))) and shape[0] == B
+    if not (flat or per_video):
+        raise ValueError(f"Ts of shape {shape} does not fit {B} videos; accepted layouts: {TIME_LAYOUTS}")
     if not torch.isfinite(Ts).all():
         raise ValueError("Ts must be finite")
     return Ts.reshape(B, -1)
@@ -331,7 +342,7 @@ class SynthesisNetwork(nn.Module):
 
     def forward(self, ws: torch.Tensor, Ts: Union[torch.Tensor, Sequence[float]], z_motion: torch.Tensor,
                 view: Optional[View] = None, **_ignored) -> torch.Tensor:
-        """ws (B, num_ws, w_dim), Ts (B*T,) video-major, z_motion (B, w_dim) -> (B*T, 3, H, W)."""
+        """ws (B, num_ws, w_dim), Ts video-major in any of TIME_LAYOUTS, z_motion (B, w_dim) -> (B*T, 3, H, W)."""
         cfg = self.cfg
         B = self.check_codes(ws, z_motion)
         Ts = _parse_times(Ts, B).to(ws.device)
@@ -391,13 +402,14 @@ class Generator(nn.Module):
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         B = z.shape[0]
         dT = None
+        # Ts in the official layout (B*T, 1, 1, 1), video-major, as the official forward builds it.
         if timesteps > 2:
-            Ts = torch.linspace(0, 1, timesteps, device=z.device).repeat(B)
+            Ts = torch.linspace(0, 1, timesteps, device=z.device).repeat(B).view(-1, 1, 1, 1)
         else:
             t = torch.stack([torch.distributions.Beta(2.0, 1.0).sample((B,)),
                              torch.distributions.Beta(1.0, 2.0).sample((B,))], dim=1).sort(dim=1).values
             dT = (t[:, 1] - t[:, 0]).view(B, 1, 1, 1).to(z.device)
-            Ts = t.reshape(-1).to(z.device)
+            Ts = t.reshape(-1, 1, 1, 1).to(z.device)
         if z_motion is None:
             z_motion = torch.randn([B, self.w_dim], device=z.device)
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)

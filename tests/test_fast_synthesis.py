@@ -38,6 +38,17 @@ def test_forward_matches_official(official_g, times, out):
     assert rel_l2(img, fx[out]) <= PARITY
 
 
+@pytest.mark.parametrize("layout", ["official", "per_video", "per_video_4d"])
+def test_forward_takes_every_time_layout(official_g, layout):
+    """The official (B*T, 1, 1, 1) layout, (B, T) and (B, T, 1, 1) reproduce the fixtures here too."""
+    from tests.test_model import TIME_LAYOUTS
+    G, fx = official_g
+    ws = G.mapping(fx["in.z"], None)
+    with torch.no_grad():
+        img = fast_synthesis(G, ws, TIME_LAYOUTS[layout](fx["in.Ts_extra"], 2), fx["in.z_motion"])
+    assert rel_l2(img, fx["out.img_extra"]) <= PARITY
+
+
 @pytest.mark.parametrize("view", [View(scale=2), View(top=-8, left=-8, height=48, width=40),
                                   View(top=5, left=3, height=9, width=14)],
                          ids=["scale2", "zoom_out", "crop"])

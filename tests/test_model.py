@@ -31,15 +31,40 @@ def test_synthesis_matches_official(official_g, times, out):
     assert rel_l2(img, fx[out]) <= PARITY
 
 
-def test_time_layouts_are_equivalent(official_g):
-    """(B*T,), (B, T) and the official script's (B, T, 1, 1) give the same frames."""
+TIME_LAYOUTS = {"flat": lambda Ts, B: Ts.reshape(-1),
+                "official": lambda Ts, B: Ts.reshape(-1, 1, 1, 1),
+                "per_video": lambda Ts, B: Ts.reshape(B, -1),
+                "per_video_4d": lambda Ts, B: Ts.reshape(B, -1, 1, 1)}
+
+
+@pytest.mark.parametrize("layout", sorted(TIME_LAYOUTS))
+@pytest.mark.parametrize("times,out", [("in.Ts", "out.img"), ("in.Ts_extra", "out.img_extra")])
+def test_time_layouts_match_official(official_g, layout, times, out):
+    """(B*T,), the official code's (B*T, 1, 1, 1), (B, T) and (B, T, 1, 1) all reproduce the fixtures,
+    and give the very same frames (one parse, one computation)."""
     G, fx = official_g
     ws = G.mapping(fx["in.z"], None)
-    Ts = fx["in.Ts_extra"]
-    a = G.synthesis(ws, Ts, fx["in.z_motion"])
-    b = G.synthesis(ws, Ts.view(2, 6), fx["in.z_motion"])
-    c = G.synthesis(ws, Ts.view(2, 6, 1, 1), fx["in.z_motion"])
-    assert torch.equal(a, b) and torch.equal(a, c)
+    img = G.synthesis(ws, TIME_LAYOUTS[layout](fx[times], 2), fx["in.z_motion"])
+    assert rel_l2(img, fx[out]) <= PARITY
+    assert torch.equal(img, G.synthesis(ws, fx[times], fx["in.z_motion"]))
+
+
+@pytest.mark.parametrize("bad", [(3, 4), (2, 6, 2), (12, 1, 1), (2, 3, 2, 1), (4, 3, 1, 1), (0,), (5,)])
+def test_time_layouts_refused(official_g, bad):
+    """Shapes that fit no layout for 2 videos are refused with the accepted layouts named."""
+    G, fx = official_g
+    ws = G.mapping(fx["in.z"], None)
+    with pytest.raises(ValueError, match="accepted layouts"):
+        G.synthesis(ws, torch.rand(bad) if 0 not in bad else torch.empty(bad), fx["in.z_motion"])
+
+
+def test_times_must_be_finite(official_g):
+    G, fx = official_g
+    ws = G.mapping(fx["in.z"], None)
+    Ts = fx["in.Ts"].clone().reshape(-1, 1, 1, 1)
+    Ts[3] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        G.synthesis(ws, Ts, fx["in.z_motion"])
 
 
 def test_generator_forward_uses_linspace(official_g):
