@@ -65,6 +65,14 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _si(n: float, unit: str) -> str:
+    """4 significant digits with an SI prefix: 9.822 GMAC at 128², 836.5 kMAC for the 32² demo (not 0.00 G)."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.4g} {prefix}{unit}"
+    return f"{n:.4g} {unit}"
+
+
 def cmd_info(args) -> int:
     from digan.config import generator_preset
     from digan.default import load_or_default
@@ -94,8 +102,8 @@ def cmd_info(args) -> int:
         print(f"  b{res:<4} runs at {cfg.block_size(res)}x{cfg.block_size(res)}: {cfg.num_conv(res)} conv, "
               f"{cfg.channels(res)} channels{', embedding' if cfg.has_embedding(res) else ''}")
     print(f"parameters: {n_params:,}")
-    print(f"per frame at {H}x{W}: {work.macs / 1e9:.2f} GMAC with split conv0 "
-          f"({work.macs_unsplit / 1e9:.2f} GMAC the official way), {work.flops / 1e9:.1f} GFLOP")
+    print(f"per frame at {H}x{W}: {_si(work.macs, 'MAC')} with split conv0 "
+          f"({_si(work.macs_unsplit, 'MAC')} the official way), {_si(work.flops, 'FLOP')}")
     return 0
 
 

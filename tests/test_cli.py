@@ -1,5 +1,6 @@
 """The `digan` command end to end: outputs, resume after kill -9, bad requests, bounded memory."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,7 +235,10 @@ def test_info_and_convert(ckpt, tmp_path):
     res = run_cli("info", "--preset", "digan-128", "--scale", "8")
     assert "architecture only" in res.stdout
     # 7.41 GMAC per 128x128 frame split (9.82 unsplit, DESIGN §3) x 8^2
-    assert "per frame at 1024x1024: 474.06 GMAC with split conv0 (628.68 GMAC the official way)" in res.stdout
+    assert "per frame at 1024x1024: 474.1 GMAC with split conv0 (628.7 GMAC the official way)" in res.stdout
+    # A small model is not reported as "0.00 GMAC": the prefix follows the size.
+    res = run_cli("info", "--preset", "tiny-32")
+    assert re.search(r"per frame at 32x32: [1-9][0-9.]* [kM]MAC with split conv0", res.stdout), res.stdout
     assert "parameters:" in res.stdout
     res = run_cli("render", "--help")
     assert "--memory-budget" in res.stdout and "--resume" in res.stdout
