@@ -4,27 +4,38 @@ with its checksum in a manifest, joined at the end by stream copy (no re-encode)
 Layout for ``out.mp4``::
 
     out.mp4.parts/manifest.json        request hash, frame ranges, codec settings, finished segments
+                                       (compacted when a render opens the folder)
+    out.mp4.parts/journal.jsonl        one line appended (and fsync'd) per finished segment: the cost
+                                       per segment does not grow with the number of segments
     out.mp4.parts/seg_00000.mp4        frames [0, 64)   (keyframe first: a fresh encoder per segment)
     out.mp4.parts/seg_00001.mp4.tmp    being written; renamed (after fsync) only when complete
+    out.mp4.parts/.render.lock         held (flock) for the life of the render: a second render into
+                                       the same output is refused at once
     out.mp4                            written as out.mp4.tmp by `finalize`, fsync'd, renamed
 
 A PNG output (a folder, or codec 'png') works the same way with one folder of frames per segment
 (``frames.parts/seg_00003/frame_000192.png`` ...); `finalize` moves the frames into the folder.
 
-Guarantees: an interrupted render (Ctrl-C, kill -9, full disk) loses at most the segments in
-flight; their .tmp files are dropped, finished segments stay, the final file is never partial.
+Guarantees: an interrupted render (Ctrl-C, SIGTERM, kill -9, full disk) loses at most the segments
+in flight; their .tmp files are dropped, finished segments stay, the final file is never partial.
+A writer that ends (`close`) without any finished segment removes its parts folder, so a request
+that fails early never leaves a folder behind to block the corrected command.
 
-Resume rules (``resume=True``, the CLI's ``--resume``):
-  * every finished segment whose file still has the manifest's size and sha256 is kept; the rest
-    are rendered again.  Resuming with no parts folder simply starts.
-  * a parts folder made for a different request hash is refused, with or without resume (delete
-    it or choose another output path); so is a folder this module did not write.
-  * same request but other settings (codec, CRF, size, fps, segment length...): refused with
-    resume (the fields are named); without resume the render starts over.
-  * same request without resume: starts over — its old segments are deleted.
+Opening rules (the CLI's ``--resume`` is ``resume=True``, ``--overwrite`` is ``overwrite=True``):
+  * another live render holding the folder: refused (`ResumeError`), whatever the flags.
+  * a folder this module did not write: refused, whatever the flags.
+  * no finished segment there (a render that died before finishing one): simply starts.
+  * same request, resume: every finished segment whose file still has the manifest's size and
+    sha256, and was encoded by the same encoder build, is kept; the rest are rendered again.
+  * same request but other settings (codec, CRF, size, fps, segment length...) with resume:
+    refused (the fields are named).
+  * finished segments there and neither resume nor overwrite: refused, naming both choices
+    (a rerun never silently deletes finished work).  A different request is refused the same way.
+  * overwrite: the old segments are deleted and the render starts over.
 
-Ranks: with ``world_size > 1`` rank r renders segments r, r + world_size, ...; the manifest is
-updated under a file lock, and rank 0 calls `finalize` after a barrier.
+Ranks: with ``world_size > 1`` rank r renders segments r, r + world_size, ...; each rank holds
+``.rank<r>.lock`` and a shared ``.render.lock`` for its life, the journal is appended under a
+short file lock, and rank 0 calls `finalize` after a barrier.
 """
 from __future__ import annotations
 
@@ -40,17 +51,22 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 
 from .sink import PngSink, SinkConfigError, SinkSpec, _remove_partial, libavcodec_versions, make_spec, open_spec
 
-MANIFEST_FORMAT = "digan-segments/1"
+MANIFEST_FORMAT = "digan-segments/2"
+READABLE_FORMATS = ("digan-segments/1", MANIFEST_FORMAT)  # /1: no journal
 MANIFEST_NAME = "manifest.json"
-_OWN_FILE = re.compile(r"^(seg_\d{5}(\.\w+)?(\.tmp)?|manifest\.json(\.\d+\.tmp)?|\.lock|\.digan-probe-.*)$")
+JOURNAL_NAME = "journal.jsonl"
+RENDER_LOCK = ".render.lock"
+_OWN_FILE = re.compile(r"^(seg_\d{5}(\.\w+)?(\.tmp)?|manifest\.json(\.\d+\.tmp)?|journal\.jsonl|\.lock|"
+                       r"\.render\.lock|\.rank\d+\.lock|\.digan-probe-.*)$")
 
 
 class ResumeError(ValueError):
     """The parts folder cannot be used for this render; the message says what to do."""
 
 
-class SegmentError(RuntimeError):
-    """Segments are missing or damaged when joining them."""
+class SegmentError(ValueError):
+    """Segments are missing or damaged when joining them; the message says how to continue
+    (a ValueError, so the CLI reports it in one line with exit status 2)."""
 
 
 class Segment(NamedTuple):
@@ -170,8 +186,11 @@ def concat_segments(paths: List[str], starts: List[int], counts: List[int], fps:
     extradata0 = infos[0][1]
     bad = [i for i, info in enumerate(infos) if info[1] != extradata0]
     if bad:
-        raise SegmentError(f"segments {bad} were encoded with other codec parameters than segment 0 (a different "
-                           "encoder build?): render without --resume")
+        err = SegmentError(f"segments {bad} were encoded with other codec parameters than segment 0 (a different "
+                           "encoder build); they are now marked pending: run the same command with --resume to "
+                           "encode them again")
+        err.positions = bad  # positions in `paths`, for the caller to mark pending
+        raise err
     delay = max(info[2] for info in infos)  # seconds
 
     # Pass 2: copy packets with shifted timestamps.
@@ -208,20 +227,22 @@ def concat_segments(paths: List[str], starts: List[int], counts: List[int], fps:
 class SegmentedWriter:
     """Writes one video as segments, resumably.  Typical use::
 
-        w = SegmentedWriter("out.mp4", request_hash, total_frames=256, width=W, height=H, fps=24,
-                            resume=args.resume)
-        for seg in w.pending_segments():
-            w.write_segment(seg.index, frames_for(seg.start, seg.end))   # iterable of (H, W, 3)
-        path = w.finalize()
+        with SegmentedWriter("out.mp4", request_hash, total_frames=256, width=W, height=H, fps=24,
+                             resume=args.resume) as w:
+            for seg in w.pending_segments():
+                w.write_segment(seg.index, frames_for(seg.start, seg.end))   # iterable of (H, W, 3)
+            path = w.finalize()
 
     Everything is checked in the constructor before any frame is made (sink settings as in
-    `engine.sink.make_spec`, segment length, gop dividing it, the parts folder)."""
+    `engine.sink.make_spec`, segment length, gop dividing it, the parts folder and its lock).
+    The writer holds the parts folder's lock until `finalize` or `close` (or until it is garbage
+    collected); leaving the `with` block closes it."""
 
     def __init__(self, out_path, request_hash: str, total_frames: int, width: int, height: int, fps,
                  codec: str = "libx264", crf: Optional[int] = None, preset: Optional[str] = "medium",
                  gop: Optional[int] = None, backend: str = "auto", segment_frames: int = 64,
                  resume: bool = False, queue_size: int = 8, input_format: str = "rgb24", rank: int = 0,
-                 world_size: int = 1, keep_parts: bool = False):
+                 world_size: int = 1, keep_parts: bool = False, overwrite: bool = False):
         out_path = os.fspath(out_path)
         if not isinstance(request_hash, str) or not request_hash:
             raise SinkConfigError("request_hash must be a non-empty string")
@@ -252,9 +273,11 @@ class SegmentedWriter:
         self.ext = "" if self.png else {"mp4": ".mp4", "matroska": ".mkv", "mov": ".mov"}[spec.container]
         self.segments = plan_segments(total_frames, segment_frames)
         self.rendered: List[int] = []  # segments written by this object, in order (for logs and tests)
+        self.reencode: List[int] = []  # finished segments of another encoder build, rendered again
         self._encoder = f"{spec.backend} libavcodec {libavcodec_versions().get(spec.backend, '?')}"
         self._done: Dict[int, Dict[str, Any]] = {}
-        self._open_parts(resume)
+        self._held: List[Any] = []  # open lock files held for the writer's life
+        self._open_parts(resume, overwrite)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -272,8 +295,11 @@ class SegmentedWriter:
     def write_segment(self, index: int, frames: Iterable) -> Dict[str, Any]:
         """Encode segment `index` from `frames` (an iterable of frames (H, W, 3), or of batches
         (N, H, W, 3)) — exactly `segment.frames` of them.  The file is written as .tmp, fsync'd,
-        renamed, then recorded in the manifest.  On any exception, Ctrl-C included, the .tmp file
-        is removed and the exception propagates; finished segments are untouched."""
+        renamed, then recorded by one line appended to the journal.  On any exception, Ctrl-C
+        included, the .tmp file is removed and the exception propagates; finished segments are
+        untouched."""
+        if not self._held:
+            raise SegmentError(f"this writer for {self.out_path!r} is closed")
         if not 0 <= index < len(self.segments):
             raise IndexError(f"segment {index} does not exist (0..{len(self.segments) - 1})")
         seg = self.segments[index]
@@ -312,12 +338,10 @@ class SegmentedWriter:
         record = {"index": index, "start": seg.start, "end": seg.end, "frames": seg.frames,
                   "file": os.path.basename(final), "bytes": size, "sha256": digest, "encoder": self._encoder,
                   "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-        def add(m):
-            m["segments"][str(index)] = record
-        self._update_manifest(add)
+        self._append_journal({"add": record})
         self._done[index] = record
         self.rendered.append(index)
+        _test_hook("segment", index)
         return record
 
     def run(self, produce: Callable[[int, int], Iterable], finalize: bool = True) -> Optional[str]:
@@ -329,9 +353,21 @@ class SegmentedWriter:
             return self.finalize()
         return None
 
+    def manifest(self) -> Dict[str, Any]:
+        """The folder's manifest with the journal applied (header and every finished segment)."""
+        with self._locked():
+            return self._read_manifest() or dict(self._header(), segments={})
+
+    def finished_segments(self) -> List[int]:
+        """Indices of every finished segment recorded in the folder (all ranks)."""
+        with self._locked():
+            m = self._read_manifest()
+        return sorted(int(k) for k in (m or {}).get("segments", {}))
+
     def finalize(self) -> str:
         """Check every segment against the manifest, join them by stream copy into the output
-        (written as .tmp, fsync'd, renamed) and remove the parts folder (unless keep_parts)."""
+        (written as .tmp, fsync'd, renamed), remove the parts folder (unless keep_parts) and
+        release the lock."""
         with self._locked():
             m = self._read_manifest()
         done = (m or {}).get("segments", {})
@@ -350,12 +386,7 @@ class SegmentedWriter:
             if not ok:
                 damaged.append(s.index)
         if damaged:
-            def drop(mm):
-                for i in damaged:
-                    mm["segments"].pop(str(i), None)
-            self._update_manifest(drop)
-            for i in damaged:
-                self._done.pop(i, None)
+            self._mark_pending(damaged)
             raise SegmentError(f"segment(s) {damaged} changed or vanished since they were written (checksum "
                                "mismatch); they are now marked pending: render again with --resume")
 
@@ -371,16 +402,23 @@ class SegmentedWriter:
             fsync_and_hash(tmp)
             os.replace(tmp, self.out_path)
             fsync_dir(os.path.dirname(os.path.abspath(self.out_path)))
+        except SegmentError as exc:
+            _remove_partial(tmp)
+            if getattr(exc, "positions", None):
+                self._mark_pending([self.segments[i].index for i in exc.positions])
+            raise
         except BaseException:
             _remove_partial(tmp)
             raise
-        if not self.keep_parts:
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        self._finish()
         return self.out_path
 
     def _finalize_png(self) -> str:
         """Move every frame into the output folder (each move atomic), then drop the parts."""
         os.makedirs(self.out_path, exist_ok=True)
+        for name in os.listdir(self.out_path):  # frames of an earlier render (overwritten on purpose)
+            if re.match(r"^frame_\d{6}\.png$", name):
+                _remove_partial(os.path.join(self.out_path, name))
         moved = 0
         for s in self.segments:
             src = self.segment_path(s.index)
@@ -390,88 +428,209 @@ class SegmentedWriter:
         fsync_dir(self.out_path)
         if moved != self.total_frames:
             raise SegmentError(f"moved {moved} frames into {self.out_path!r}, expected {self.total_frames}")
-        if not self.keep_parts:
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        self._finish()
         return self.out_path
 
-    # -- parts folder and manifest --------------------------------------------------------
+    def close(self) -> None:
+        """Release the folder's lock.  A folder in which no segment was ever finished is removed
+        (it holds nothing worth resuming, and would only block the next command)."""
+        if not self._held:
+            return
+        try:
+            if self.world_size == 1 and os.path.isdir(self.parts_dir) and not self.keep_parts:
+                try:
+                    empty = not self.finished_segments()
+                except ResumeError:
+                    empty = False
+                if empty:
+                    shutil.rmtree(self.parts_dir, ignore_errors=True)
+        finally:
+            self._release()
+
+    def __enter__(self) -> "SegmentedWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a dropped writer must not keep the folder locked
+        try:
+            self._release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- parts folder, lock and manifest --------------------------------------------------
 
     @property
     def manifest_path(self) -> str:
         return os.path.join(self.parts_dir, MANIFEST_NAME)
+
+    @property
+    def journal_path(self) -> str:
+        return os.path.join(self.parts_dir, JOURNAL_NAME)
 
     def _header(self) -> Dict[str, Any]:
         return {"format": MANIFEST_FORMAT, "request_hash": self.request_hash, "total_frames": self.total_frames,
                 "segment_frames": self.segment_frames, "settings": self.spec.settings(),
                 "ranges": [[s.start, s.end] for s in self.segments]}
 
-    def _open_parts(self, resume: bool) -> None:
+    def _finish(self) -> None:
+        if not self.keep_parts:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        held, self._held = getattr(self, "_held", []), []
+        for f in held:
+            f.close()  # closing the file drops its flock
+
+    def _hold(self, name: str, shared: bool) -> bool:
+        """Take a non-blocking flock on parts_dir/name for the writer's life; False if another
+        process holds it.  Retries when the folder was replaced meanwhile (a render finishing
+        removes its folder while holding the lock)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no protection between processes
+            self._held.append(open(os.devnull))
+            return True
+        path = os.path.join(self.parts_dir, name)
+        for _ in range(10):
+            os.makedirs(self.parts_dir, exist_ok=True)
+            f = open(path, "a")
+            try:
+                fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                return False
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._held.append(f)
+                return True
+            f.close()  # we locked a file of a folder that is gone: lock the new one
+        raise ResumeError(f"{self.parts_dir!r} keeps being replaced by another process: retry")
+
+    def _lock_for_life(self) -> None:
+        busy = ResumeError(f"another render is writing into {self.parts_dir!r} right now (it holds the folder's "
+                           f"lock): wait for it to finish, or write to another output path")
+        if self.world_size == 1:
+            if not self._hold(RENDER_LOCK, shared=False):
+                raise busy
+            return
+        if not self._hold(RENDER_LOCK, shared=True) or not self._hold(f".rank{self.rank}.lock", shared=False):
+            self._release()
+            raise busy
+
+    def _open_parts(self, resume: bool, overwrite: bool) -> None:
+        existed = os.path.isdir(self.parts_dir)
         try:
             os.makedirs(self.parts_dir, exist_ok=True)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot create the segment folder: {exc.strerror}", self.parts_dir) from None
-        with self._locked():
-            m = self._read_manifest()
-            if m is None:
-                foreign = sorted(n for n in os.listdir(self.parts_dir) if not _OWN_FILE.match(n))
-                if foreign:
-                    raise ResumeError(f"{self.parts_dir!r} exists but holds no manifest and other files "
-                                      f"({', '.join(foreign[:5])}): it is not a segment folder; move it away "
-                                      "or choose another output path")
-            elif m.get("request_hash") != self.request_hash:
-                theirs = str(m.get("request_hash"))[:16]
+        if existed:  # refuse a foreign folder before leaving any file of ours in it
+            names = os.listdir(self.parts_dir)
+            foreign = sorted(n for n in names if not _OWN_FILE.match(n))
+            if foreign and MANIFEST_NAME not in names:
+                raise ResumeError(f"{self.parts_dir!r} exists but holds no manifest and other files "
+                                  f"({', '.join(foreign[:5])}): it is not a segment folder; move it away "
+                                  "or choose another output path")
+        try:
+            self._lock_for_life()
+            with self._locked():
+                self._check_and_compact(resume, overwrite)
+        except BaseException:
+            if not existed and not self._held:
+                pass  # another render owns the folder it just made: leave it alone
+            elif not existed:
+                shutil.rmtree(self.parts_dir, ignore_errors=True)
+            self._release()
+            raise
+
+    def _check_and_compact(self, resume: bool, overwrite: bool) -> None:
+        m = self._read_manifest()
+        if m is None:
+            foreign = sorted(n for n in os.listdir(self.parts_dir) if not _OWN_FILE.match(n))
+            if foreign:
+                raise ResumeError(f"{self.parts_dir!r} exists but holds no manifest and other files "
+                                  f"({', '.join(foreign[:5])}): it is not a segment folder; move it away "
+                                  "or choose another output path")
+        mine = {s.index for s in self.my_segments()}
+        finished = sorted(int(k) for k in (m or {}).get("segments", {}))
+        if self.world_size > 1:  # other ranks of this same run may have finished theirs already
+            finished = [i for i in finished if i in mine]
+        choices = ("run the same command with --resume to continue it, or with --overwrite to start over")
+        if m is not None and m.get("request_hash") != self.request_hash:
+            theirs = str(m.get("request_hash"))[:16]
+            if finished and not overwrite:
                 raise ResumeError(
-                    f"{self.parts_dir!r} holds segments of a different render (request {theirs}, this one is "
-                    f"{self.request_hash[:16]}): delete that folder or write to another output path")
-            header = self._header()
-            if m is not None:
-                diff = [k for k in header if k != "ranges" and m.get(k) != header[k]]
-                if diff and resume:
-                    fields = []
-                    for k in diff:
-                        if k == "settings":
-                            old, new = m.get(k) or {}, header[k]
-                            fields += [f"{f}: {old.get(f)!r} -> {new.get(f)!r}"
-                                       for f in new if old.get(f) != new.get(f)]
-                        else:
-                            fields.append(f"{k}: {m.get(k)!r} -> {header[k]!r}")
-                    raise ResumeError(f"cannot resume into {self.parts_dir!r}: same request but other settings "
-                                      f"({'; '.join(fields)}); rerun with the original settings, or without "
-                                      "--resume to start over")
-                if diff:  # same request, new settings, no resume: everything there is obsolete
-                    for name in os.listdir(self.parts_dir):
-                        if name.startswith("seg_"):
-                            _remove_segment(os.path.join(self.parts_dir, name))
-                    m = None
-            if m is None:
-                m = dict(header, segments={})
-            mine = {s.index for s in self.my_segments()}
-            for s in self.my_segments():
-                _remove_segment(self.segment_path(s.index) + ".tmp")  # leftovers of a killed run
-            segs = m.setdefault("segments", {})
-            for key in list(segs):
-                i = int(key)
-                if i not in mine:
-                    continue
-                rec = segs[key]
+                    f"{self.parts_dir!r} holds {len(finished)} finished segment(s) of a different render (request "
+                    f"{theirs}, this one is {self.request_hash[:16]}): delete that folder, pass --overwrite to "
+                    "replace it, or write to another output path")
+            self._wipe()
+            m = None
+        header = self._header()
+        if m is not None:
+            diff = [k for k in header if k not in ("ranges", "format") and m.get(k) != header[k]]
+            if diff and resume and not overwrite:
+                fields = []
+                for k in diff:
+                    if k == "settings":
+                        old, new = m.get(k) or {}, header[k]
+                        fields += [f"{f}: {old.get(f)!r} -> {new.get(f)!r}" for f in new if old.get(f) != new.get(f)]
+                    else:
+                        fields.append(f"{k}: {m.get(k)!r} -> {header[k]!r}")
+                raise ResumeError(f"cannot resume into {self.parts_dir!r}: same request but other settings "
+                                  f"({'; '.join(fields)}); rerun with the original settings, or with --overwrite "
+                                  "(instead of --resume) to start over")
+            if finished and not resume and not overwrite:
+                raise ResumeError(f"{self.parts_dir!r} holds {len(finished)} finished segment(s) of this render: "
+                                  f"{choices}")
+            if diff or overwrite:  # everything there is obsolete
+                self._wipe()
+                m = None
+        if m is None:
+            m = dict(header, segments={})
+        for s in self.my_segments():
+            _remove_segment(self.segment_path(s.index) + ".tmp")  # leftovers of a killed run
+        segs = m.setdefault("segments", {})
+        for key in list(segs):
+            i = int(key)
+            if i not in mine:
+                continue
+            rec = segs[key]
+            keep = False
+            try:
+                keep = sha256_file(self.segment_path(i)) == (rec.get("sha256"), rec.get("bytes"))
+            except FileNotFoundError:
                 keep = False
-                if resume:
-                    try:
-                        keep = sha256_file(self.segment_path(i)) == (rec.get("sha256"), rec.get("bytes"))
-                    except FileNotFoundError:
-                        keep = False
-                if keep:
-                    self._done[i] = rec
-                else:
-                    del segs[key]
-                    _remove_segment(self.segment_path(i))
-            if not resume:  # start over: also files of ours that never reached the manifest
-                for i in mine:
-                    _remove_segment(self.segment_path(i))
-            m.update(header)
-            write_json_atomic(self.manifest_path, m)
+            if keep and rec.get("encoder") != self._encoder:
+                # Another encoder build (e.g. native, now pyav) writes other codec parameters, and
+                # segments with different parameters cannot be joined by stream copy.
+                keep = False
+                self.reencode.append(i)
+            if keep:
+                self._done[i] = rec
+            else:
+                del segs[key]
+                _remove_segment(self.segment_path(i))
+        for i in mine:  # files of ours that never reached the manifest
+            if i not in self._done:
+                _remove_segment(self.segment_path(i))
+        m.update(header)
+        write_json_atomic(self.manifest_path, m)
+        _remove_partial(self.journal_path)  # folded into the manifest just written
+
+    def _wipe(self) -> None:
+        for name in os.listdir(self.parts_dir):
+            if name.startswith("seg_"):
+                _remove_segment(os.path.join(self.parts_dir, name))
+        _remove_partial(self.journal_path)
 
     def _read_manifest(self) -> Optional[Dict[str, Any]]:
+        """The manifest with the journal applied (a torn last line, from a kill mid-append, is
+        ignored: its segment is simply rendered again)."""
         try:
             with open(self.manifest_path) as f:
                 m = json.load(f)
@@ -480,20 +639,55 @@ class SegmentedWriter:
         except (OSError, ValueError) as exc:
             raise ResumeError(f"cannot read {self.manifest_path!r} ({exc}): delete the parts folder to start "
                               "over") from None
-        if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        if not isinstance(m, dict) or m.get("format") not in READABLE_FORMATS:
             raise ResumeError(f"{self.manifest_path!r} is not a {MANIFEST_FORMAT} manifest: delete the parts folder "
                               "or choose another output path")
+        segs = m.setdefault("segments", {})
+        try:
+            with open(self.journal_path) as f:
+                lines = f.read().split("\n")
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("add"), dict) and "index" in entry["add"]:
+                segs[str(entry["add"]["index"])] = entry["add"]
+            elif isinstance(entry, dict) and "drop" in entry:
+                segs.pop(str(entry["drop"]), None)
         return m
 
-    def _update_manifest(self, change: Callable[[Dict[str, Any]], None]) -> None:
+    def _append_journal(self, entry: Dict[str, Any]) -> None:
+        """One line, appended and fsync'd: O(1) per segment whatever the number of segments."""
+        line = json.dumps(entry, sort_keys=True) + "\n"
         with self._locked():
-            m = self._read_manifest() or dict(self._header(), segments={})
-            change(m)
-            write_json_atomic(self.manifest_path, m)
+            new = not os.path.exists(self.journal_path)
+            fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size and not self._ends_with_newline(fd):
+                    line = "\n" + line  # after a torn line: keep ours whole
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if new:
+                fsync_dir(self.parts_dir)
+
+    @staticmethod
+    def _ends_with_newline(fd: int) -> bool:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, 1, size - 1) == b"\n"
+
+    def _mark_pending(self, indices: List[int]) -> None:
+        for i in indices:
+            self._append_journal({"drop": i})
+            self._done.pop(i, None)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Exclusive lock on the parts folder (ranks update one manifest)."""
+        """Short exclusive lock on the parts folder (ranks share one manifest and journal)."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: single process only
@@ -505,3 +699,20 @@ class SegmentedWriter:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _test_hook(event: str, index: int) -> None:
+    """Deterministic kill points for tests: DIGAN_TEST_INTERRUPT='segment:K[:SIGNAL]' interrupts
+    the process right after segment K is finished (KeyboardInterrupt, or the named signal sent to
+    itself, e.g. SIGTERM)."""
+    spec = os.environ.get("DIGAN_TEST_INTERRUPT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] != event or len(parts) < 2 or parts[1] != str(index):
+        return
+    if len(parts) > 2:
+        import signal
+        os.kill(os.getpid(), getattr(signal, parts[2]))
+        return
+    raise KeyboardInterrupt

@@ -52,7 +52,11 @@ def test_ffv1_segments_equal_single_pass(tmp_path, clip):
     assert d.frames.shape == (TOTAL, H, W, 3) and d.fps == 24
     assert np.array_equal(d.frames, ref.frames), first_mismatch(d.frames, ref.frames)
     assert np.array_equal(d.frames, clip)
-    m = json.loads((tmp_path / "seg.mkv.parts" / "manifest.json").read_text())
+    header = json.loads((tmp_path / "seg.mkv.parts" / "manifest.json").read_text())
+    assert header["segments"] == {}  # finished segments went to the append-only journal
+    journal = (tmp_path / "seg.mkv.parts" / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(line)["add"]["index"] for line in journal] == [0, 1, 2, 3, 4]
+    m = w.manifest()
     assert m["request_hash"] == "req-A" and m["total_frames"] == TOTAL
     assert m["ranges"][-1] == [32, 36] and m["settings"]["codec"] == "ffv1"
     for i, rec in m["segments"].items():
@@ -128,24 +132,33 @@ def test_kill9_then_resume(tmp_path, clip):
 def test_other_request_is_refused(tmp_path, clip):
     w = writer(tmp_path / "o.mkv")
     w.write_segment(0, clip[:SEG])
+    w.close()
     for resume in (True, False):
-        with pytest.raises(ResumeError, match="different render.*delete that folder"):
+        with pytest.raises(ResumeError, match="different render.*delete that folder, pass --overwrite"):
             writer(tmp_path / "o.mkv", request="req-B", resume=resume)
     assert "seg_00000.mkv" in parts_files(tmp_path / "o.mkv")
+    w = writer(tmp_path / "o.mkv", request="req-B", overwrite=True)  # replaces the other render
+    assert len(w.pending_segments()) == 5 and "seg_00000.mkv" not in parts_files(tmp_path / "o.mkv")
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, clip):
     writer(tmp_path / "s.mp4", codec="libx264").write_segment(0, clip[:SEG])
     with pytest.raises(ResumeError, match=r"crf: 18 -> 22"):
         writer(tmp_path / "s.mp4", codec="libx264", crf=22, resume=True)
-    w = writer(tmp_path / "s.mp4", codec="libx264", crf=22)  # no resume: starts over
-    assert len(w.pending_segments()) == 5 and parts_files(tmp_path / "s.mp4") == [".lock", "manifest.json"]
+    with pytest.raises(ResumeError, match="--resume to continue it, or with --overwrite"):
+        writer(tmp_path / "s.mp4", codec="libx264", crf=22)  # neither flag: never deletes finished work
+    w = writer(tmp_path / "s.mp4", codec="libx264", crf=22, overwrite=True)  # starts over
+    assert len(w.pending_segments()) == 5
+    assert parts_files(tmp_path / "s.mp4") == [".lock", ".render.lock", "manifest.json"]
 
 
-def test_same_request_without_resume_starts_over(tmp_path, clip):
+def test_same_request_without_resume_is_refused_overwrite_starts_over(tmp_path, clip):
     writer(tmp_path / "a.mkv").write_segment(0, clip[:SEG])
     assert len(writer(tmp_path / "a.mkv", resume=True).pending_segments()) == 4
-    assert len(writer(tmp_path / "a.mkv").pending_segments()) == 5
+    with pytest.raises(ResumeError, match="1 finished segment.*--resume.*--overwrite"):
+        writer(tmp_path / "a.mkv")
+    assert "seg_00000.mkv" in parts_files(tmp_path / "a.mkv")
+    assert len(writer(tmp_path / "a.mkv", overwrite=True).pending_segments()) == 5
     assert "seg_00000.mkv" not in parts_files(tmp_path / "a.mkv")
 
 
@@ -168,7 +181,7 @@ def test_keyboard_interrupt_mid_segment(tmp_path, clip):
 
     with pytest.raises(KeyboardInterrupt):
         w.write_segment(1, interrupted())
-    assert parts_files(out) == [".lock", "manifest.json", "seg_00000.mkv"]
+    assert parts_files(out) == [".lock", ".render.lock", "journal.jsonl", "manifest.json", "seg_00000.mkv"]
     assert not out.exists() and not Path(str(out) + ".tmp").exists()
     assert [s.index for s in w.pending_segments()] == [1, 2, 3, 4]
     assert np.array_equal(decode_video(w.run(lambda a, b: clip[a:b])).frames, clip)
@@ -195,8 +208,9 @@ def test_full_disk_keeps_finished_segments(tmp_path, clip, monkeypatch):
     with pytest.raises(OSError) as info:
         w.write_segment(1, clip[SEG:2 * SEG])
     assert info.value.errno == errno.ENOSPC and "seg_00001" in info.value.filename
-    assert parts_files(out) == [".lock", "manifest.json", "seg_00000.mkv"]
+    assert parts_files(out) == [".lock", ".render.lock", "journal.jsonl", "manifest.json", "seg_00000.mkv"]
     monkeypatch.undo()
+    w.close()
     w2 = writer(out, resume=True)
     assert [s.index for s in w2.pending_segments()] == [1, 2, 3, 4]
     assert np.array_equal(decode_video(w2.run(lambda a, b: clip[a:b])).frames, clip)
@@ -222,6 +236,7 @@ def test_damaged_segment_is_caught_and_rerendered(tmp_path, clip):
     with pytest.raises(SegmentError, match=r"\[2\] changed"):
         w.finalize()
     assert not out.exists()
+    w.close()
     w2 = writer(out, resume=True)
     assert [s.index for s in w2.pending_segments()] == [2]
     assert np.array_equal(decode_video(w2.run(lambda a, b: clip[a:b])).frames, clip)
@@ -232,6 +247,7 @@ def test_png_segments(tmp_path, clip):
     w = writer(out, codec="png")
     assert [(i, a, b) for i, a, b in w.pending_segments()][-1] == (4, 32, 36)  # plain tuples too
     w.write_segment(0, clip[:SEG])
+    w.close()
     w = writer(out, codec="png", resume=True)
     assert w.run(lambda a, b: clip[a:b]) == out and w.rendered == [1, 2, 3, 4]
     names = sorted(os.listdir(out))
@@ -252,4 +268,6 @@ def test_bad_segment_requests(tmp_path, clip):
         w.write_segment(0, clip[:9])
     with pytest.raises(SegmentError, match="not rendered yet"):
         w.finalize()
-    assert parts_files(tmp_path / "c.mkv") == [".lock", "manifest.json"]
+    assert parts_files(tmp_path / "c.mkv") == [".lock", ".render.lock", "manifest.json"]
+    w.close()  # no segment was ever finished: the folder goes
+    assert not Path(str(tmp_path / "c.mkv") + ".parts").exists()
