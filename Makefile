@@ -10,7 +10,7 @@ STAMP := build/.deps-stamp
 
 .PHONY: deps render test bench clean
 
-$(STAMP): setup.py pyproject.toml csrc/frame_stream.cpp Makefile
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h) Makefile
 	@if command -v apt-get >/dev/null && ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PKGS); fi
 	$(PIP) install -q $(PY_PKGS)

@@ -18,8 +18,8 @@ def _pkg_config(flag):
 
 
 def native_extensions():
-    src = os.path.join("csrc", "frame_stream.cpp")
-    if not os.path.exists(src):
+    sources = [os.path.join("csrc", name) for name in ("frame_stream.cpp", "bindings.cpp")]
+    if not all(os.path.exists(src) for src in sources):
         return []
     try:
         if shutil.which("pkg-config") is None:
@@ -35,7 +35,9 @@ def native_extensions():
     return [
         Pybind11Extension(
             "engine._framestream",
-            [src],
+            sources,
+            include_dirs=["csrc"],
+            depends=[os.path.join("csrc", "frame_stream.h")],
             cxx_std=17,
             extra_compile_args=[f for f in cflags] + ["-O2"],
             extra_link_args=libs,

@@ -1,17 +1,7 @@
-// engine._framestream: a bounded queue of frame slots and one encoder thread on FFmpeg's libraries.
-//
-// Python pushes uint8 frames (RGB (H, W, 3), or I420 YUV 4:2:0 as one (H*3/2, W) buffer or three
-// planes); `push` copies the frame into a free slot with the GIL released and blocks while every
-// slot is taken (backpressure: memory is `queue_size` frames whatever the producer does).  The
-// encoder thread converts each slot with swscale (BT.709, limited range for YUV codecs), encodes
-// and muxes it.  `close()` flushes the encoder and writes the trailer.  An error on the encoder
-// thread is kept and raised by the next `push` or `close` with FFmpeg's own message.
-//
-// The C++ API is narrow on purpose: every choice of codec options, pixel format and container is
-// made by engine/sink.py and handed over as strings, so the PyAV sink can use the same settings.
+// The frame stream's implementation (see frame_stream.h): FFmpeg encoder, slots, encoder thread.
+// No Python here: the pybind11 bindings live in bindings.cpp.
 
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
+#include "frame_stream.h"
 
 extern "C" {
 #include <libavcodec/avcodec.h>
@@ -40,7 +30,7 @@ extern "C" {
 #include <thread>
 #include <vector>
 
-namespace py = pybind11;
+namespace framestream {
 
 namespace {
 
@@ -77,17 +67,7 @@ std::string av_error_text(int err) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Errors.  `StreamError` becomes OSError(errno, message, path) when it comes from a file
-// operation with an errno code (full disk, no permission, ...), else engine._framestream.EncodeError.
-
-struct StreamError : std::runtime_error {
-    int os_errno;      // > 0: raise OSError with this errno
-    std::string path;  // file name for OSError
-    StreamError(const std::string& msg, int os_errno_ = 0, std::string path_ = "")
-        : std::runtime_error(msg), os_errno(os_errno_), path(std::move(path_)) {}
-};
-
-PyObject* g_encode_error = nullptr;
+// Errors (StreamError is declared in frame_stream.h).
 
 bool is_file_errno(int e) {
     switch (e) {
@@ -119,9 +99,10 @@ struct Dict {  // owns an AVDictionary
     ~Dict() { av_dict_free(&d); }
 };
 
-class FrameStream {
-public:
-    FrameStream(const std::string& path, int width, int height, int fps_num, int fps_den,
+}  // namespace
+
+struct FrameStream::Impl {
+    Impl(const std::string& path, int width, int height, int fps_num, int fps_den,
                 const std::string& codec_name, const std::string& format_name,
                 const std::string& pix_fmt_name, const std::string& input_format,
                 const std::map<std::string, std::string>& codec_options,
@@ -172,58 +153,21 @@ public:
         worker_ = std::thread([this] { run(); });
     }
 
-    ~FrameStream() { abort(); }
+    ~Impl() { abort(); }  // with the GIL held is fine: the worker never takes it
 
-    FrameStream(const FrameStream&) = delete;
-    FrameStream& operator=(const FrameStream&) = delete;
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
 
-    // One frame: RGB (H, W, 3), or I420 as (H*3/2, W) or flat; uint8 and C-contiguous.
-    void push(const py::buffer& frame) {
+    // One frame of frame_bytes_ bytes (shape and dtype checked by the caller); blocks for a slot.
+    void push(const uint8_t* src) {
         check_open("push");
-        py::buffer_info info = frame.request();
-        check_uint8(info, "frame");
-        if (in_fmt_ == AV_PIX_FMT_RGB24) {
-            std::vector<py::ssize_t> want = {height_, width_, 3};
-            if (info.ndim != 3 || info.shape != want)
-                throw std::invalid_argument("frame: expected shape " + shape_text(want) +
-                                            " (height, width, RGB) uint8, got " + shape_text(info.shape));
-        } else {
-            std::vector<py::ssize_t> want = {height_ * 3 / 2, width_};
-            bool ok = (info.ndim == 2 && info.shape == want) ||
-                      (info.ndim == 1 && info.shape[0] == static_cast<py::ssize_t>(frame_bytes_));
-            if (!ok)
-                throw std::invalid_argument("frame: expected I420 yuv420p of shape " + shape_text(want) +
-                                            " or (" + std::to_string(frame_bytes_) + ",), got " +
-                                            shape_text(info.shape) + " (use push_planes for separate planes)");
-        }
-        check_contiguous(info, "frame");
-        const uint8_t* src = static_cast<const uint8_t*>(info.ptr);
-        py::gil_scoped_release nogil;
         enqueue([&](uint8_t* dst) { std::memcpy(dst, src, frame_bytes_); });
     }
 
-    // YUV 4:2:0 as three planes: y (H, W), u and v (H/2, W/2).
-    void push_planes(const py::buffer& y, const py::buffer& u, const py::buffer& v) {
+    // YUV 4:2:0 as three planes: y (H, W), u and v (H/2, W/2), each C-contiguous.
+    void push_planes(const uint8_t* py_, const uint8_t* pu, const uint8_t* pv) {
         check_open("push_planes");
-        if (in_fmt_ != AV_PIX_FMT_YUV420P)
-            throw std::invalid_argument("push_planes: this stream takes rgb24 frames (open it with input_format='yuv420p')");
-        py::buffer_info iy = y.request(), iu = u.request(), iv = v.request();
-        const std::vector<py::ssize_t> wy = {height_, width_}, wc = {height_ / 2, width_ / 2};
-        const char* names[3] = {"y", "u", "v"};
-        py::buffer_info* infos[3] = {&iy, &iu, &iv};
-        for (int p = 0; p < 3; ++p) {
-            check_uint8(*infos[p], names[p]);
-            const auto& want = p == 0 ? wy : wc;
-            if (infos[p]->ndim != 2 || infos[p]->shape != want)
-                throw std::invalid_argument(std::string(names[p]) + ": expected plane shape " + shape_text(want) +
-                                            ", got " + shape_text(infos[p]->shape));
-            check_contiguous(*infos[p], names[p]);
-        }
-        const uint8_t* py_ = static_cast<const uint8_t*>(iy.ptr);
-        const uint8_t* pu = static_cast<const uint8_t*>(iu.ptr);
-        const uint8_t* pv = static_cast<const uint8_t*>(iv.ptr);
         size_t ny = static_cast<size_t>(width_) * height_, nc = ny / 4;
-        py::gil_scoped_release nogil;
         enqueue([&](uint8_t* dst) {
             std::memcpy(dst, py_, ny);
             std::memcpy(dst + ny, pu, nc);
@@ -243,11 +187,8 @@ public:
             finishing_ = true;
         }
         cv_filled_.notify_all();
-        {
-            py::gil_scoped_release nogil;
-            if (worker_.joinable()) worker_.join();
-            finish_file();
-        }
+        if (worker_.joinable()) worker_.join();
+        finish_file();
         state_ = State::kClosed;
         release_ffmpeg();
         raise_if_failed();
@@ -262,10 +203,7 @@ public:
         }
         cv_filled_.notify_all();
         cv_free_.notify_all();
-        {
-            py::gil_scoped_release nogil;  // the worker never takes the GIL, so joining cannot deadlock
-            if (worker_.joinable()) worker_.join();
-        }
+        if (worker_.joinable()) worker_.join();
         if (oc_ && oc_->pb && !(oc_->oformat->flags & AVFMT_NOFILE)) avio_closep(&oc_->pb);
         state_ = State::kAborted;
         release_ffmpeg();
@@ -275,7 +213,7 @@ public:
     int64_t frames_written() const { return written_.load(); }
     int64_t packets_written() const { return packets_.load(); }
     int64_t bytes_written() const { return bytes_.load(); }
-    int max_queued() {
+    int max_queued() const {
         std::lock_guard<std::mutex> lk(mu_);
         return max_queued_;
     }
@@ -285,12 +223,11 @@ public:
     std::string format() const { return format_name_; }
     std::string path() const { return path_; }
     bool closed() const { return state_ != State::kOpen; }
-    bool failed() {
+    bool failed() const {
         std::lock_guard<std::mutex> lk(mu_);
         return failed_;
     }
 
-private:
     enum class State { kOpen, kClosed, kAborted };
 
     // ----- setup --------------------------------------------------------------------------
@@ -413,29 +350,7 @@ private:
         raise_if_failed();
     }
 
-    static std::string shape_text(const std::vector<py::ssize_t>& s) {
-        std::string t = "(";
-        for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-        return t + (s.size() == 1 ? ",)" : ")");
-    }
-
-    static void check_uint8(const py::buffer_info& info, const std::string& name) {
-        if (info.itemsize != 1 || (info.format != "B" && info.format != "c"))
-            throw std::invalid_argument(name + ": expected dtype uint8 (buffer format 'B'), got format '" +
-                                        info.format + "' with itemsize " + std::to_string(info.itemsize));
-    }
-
-    static void check_contiguous(const py::buffer_info& info, const std::string& name) {
-        py::ssize_t expect = 1;
-        for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
-            if (info.shape[d] != 1 && info.strides[d] != expect)
-                throw std::invalid_argument(name + ": expected a C-contiguous array, got strides " +
-                                            shape_text(info.strides) + " for shape " + shape_text(info.shape));
-            expect *= info.shape[d];
-        }
-    }
-
-    // Called without the GIL: wait for a free slot, fill it, hand it to the encoder thread.
+    // Called without the GIL (the bindings release it): wait for a free slot, fill it, hand it to the encoder thread.
     template <typename Fill>
     void enqueue(Fill fill) {
         int slot;
@@ -586,7 +501,7 @@ private:
 
     std::vector<std::vector<uint8_t>> slots_;
     std::deque<int> free_, filled_;  // slot indices; guarded by mu_
-    std::mutex mu_;
+    mutable std::mutex mu_;
     std::condition_variable cv_free_, cv_filled_;
     bool finishing_ = false, aborting_ = false, failed_ = false;  // guarded by mu_
     std::string error_msg_;
@@ -595,10 +510,10 @@ private:
     int64_t pushed_ = 0;
     std::atomic<int64_t> written_{0}, packets_{0}, bytes_{0};
     std::thread worker_;
-    State state_ = State::kOpen;  // touched only by the Python thread (with the GIL)
+    State state_ = State::kOpen;  // touched only by the producer thread
 };
 
-// ---------------------------------------------------------------------------------------------
+namespace {
 
 const char* kKnownEncoders[] = {"libx264", "libx265", "libsvtav1", "ffv1", "h264_nvenc", "hevc_nvenc"};
 
@@ -617,7 +532,7 @@ bool encoder_opens(const AVCodec* codec) {
     return err >= 0;
 }
 
-std::vector<std::string> available_codecs(bool probe_hardware) {
+std::vector<std::string> list_codecs(bool probe_hardware) {
     ensure_ffmpeg_setup();
     std::vector<std::string> out;
     for (const char* name : kKnownEncoders) {
@@ -637,59 +552,44 @@ std::string version_text(unsigned v) {
 
 }  // namespace
 
-PYBIND11_MODULE(_framestream, m) {
-    m.doc() = "Native frame stream: bounded queue of frame slots + an FFmpeg encoder thread.";
 
-    g_encode_error = PyErr_NewException("engine._framestream.EncodeError", PyExc_RuntimeError, nullptr);
-    m.attr("EncodeError") = py::handle(g_encode_error);  // the module keeps a reference; never freed
-    py::register_exception_translator([](std::exception_ptr p) {
-        try {
-            if (p) std::rethrow_exception(p);
-        } catch (const StreamError& e) {
-            if (e.os_errno > 0) {
-                py::object exc = py::reinterpret_steal<py::object>(
-                    Py_BuildValue("(iss)", e.os_errno, e.what(), e.path.c_str()));
-                PyErr_SetObject(PyExc_OSError, exc.ptr());
-            } else {
-                PyErr_SetString(g_encode_error, e.what());
-            }
-        }
-    });
+// ---- the public API: FrameStream forwards to its Impl ------------------------------------------
 
-    py::class_<FrameStream>(m, "FrameStream")
-        .def(py::init<const std::string&, int, int, int, int, const std::string&, const std::string&,
-                      const std::string&, const std::string&, const std::map<std::string, std::string>&,
-                      const std::map<std::string, std::string>&, int, int>(),
-             py::arg("path"), py::arg("width"), py::arg("height"), py::arg("fps_num"), py::arg("fps_den"),
-             py::arg("codec"), py::arg("format") = "", py::arg("pix_fmt") = "yuv420p",
-             py::arg("input_format") = "rgb24", py::arg("codec_options") = std::map<std::string, std::string>(),
-             py::arg("format_options") = std::map<std::string, std::string>(), py::arg("gop") = 0,
-             py::arg("queue_size") = 8,
-             "Open `path` and start the encoder thread. `format`: muxer name (mp4, matroska, mov; empty: "
-             "from the extension); `pix_fmt`: the encoder's pixel format; `input_format`: rgb24 or yuv420p.")
-        .def("push", &FrameStream::push, py::arg("frame"),
-             "Queue one uint8 C-contiguous frame (copied; blocks while the queue is full).")
-        .def("push_planes", &FrameStream::push_planes, py::arg("y"), py::arg("u"), py::arg("v"),
-             "Queue one yuv420p frame given as three planes.")
-        .def("close", &FrameStream::close, "Encode what is queued, flush, write the trailer, close the file.")
-        .def("abort", &FrameStream::abort, "Drop queued frames and close the file without a trailer.")
-        .def_property_readonly("frames_pushed", &FrameStream::frames_pushed)
-        .def_property_readonly("frames_written", &FrameStream::frames_written, "frames handed to the encoder")
-        .def_property_readonly("packets_written", &FrameStream::packets_written)
-        .def_property_readonly("bytes_written", &FrameStream::bytes_written)
-        .def_property_readonly("max_queued", &FrameStream::max_queued, "peak number of slots in use")
-        .def_property_readonly("queue_size", &FrameStream::queue_size)
-        .def_property_readonly("codec", &FrameStream::codec)
-        .def_property_readonly("pix_fmt", &FrameStream::pix_fmt)
-        .def_property_readonly("format", &FrameStream::format)
-        .def_property_readonly("path", &FrameStream::path)
-        .def_property_readonly("closed", &FrameStream::closed)
-        .def_property_readonly("failed", &FrameStream::failed);
+FrameStream::FrameStream(const std::string& path, int width, int height, int fps_num, int fps_den,
+                         const std::string& codec_name, const std::string& format_name,
+                         const std::string& pix_fmt_name, const std::string& input_format,
+                         const std::map<std::string, std::string>& codec_options,
+                         const std::map<std::string, std::string>& format_options, int gop, int queue_size)
+    : impl_(new Impl(path, width, height, fps_num, fps_den, codec_name, format_name, pix_fmt_name, input_format,
+                     codec_options, format_options, gop, queue_size)) {}
+FrameStream::~FrameStream() = default;
 
-    m.def("available_codecs", &available_codecs, py::arg("probe_hardware") = true,
-          "Known encoders in this FFmpeg build; hardware ones only if they open here.");
-    m.def("libavcodec_version", [] { return version_text(avcodec_version()); });
-    m.def("libavformat_version", [] { return version_text(avformat_version()); });
-    m.def("set_log_level", [](int level) { g_print_level.store(level); },
-          py::arg("level"), "Print FFmpeg messages at or below this av_log level (default AV_LOG_FATAL=8).");
-}
+void FrameStream::check_open(const char* what) { impl_->check_open(what); }
+void FrameStream::push(const uint8_t* frame) { impl_->push(frame); }
+void FrameStream::push_planes(const uint8_t* y, const uint8_t* u, const uint8_t* v) { impl_->push_planes(y, u, v); }
+void FrameStream::close() { impl_->close(); }
+void FrameStream::abort() { impl_->abort(); }
+
+int FrameStream::width() const { return impl_->width_; }
+int FrameStream::height() const { return impl_->height_; }
+bool FrameStream::yuv_input() const { return impl_->in_fmt_ == AV_PIX_FMT_YUV420P; }
+size_t FrameStream::frame_bytes() const { return impl_->frame_bytes_; }
+int64_t FrameStream::frames_pushed() const { return impl_->frames_pushed(); }
+int64_t FrameStream::frames_written() const { return impl_->frames_written(); }
+int64_t FrameStream::packets_written() const { return impl_->packets_written(); }
+int64_t FrameStream::bytes_written() const { return impl_->bytes_written(); }
+int FrameStream::max_queued() const { return impl_->max_queued(); }
+int FrameStream::queue_size() const { return impl_->queue_size(); }
+std::string FrameStream::codec() const { return impl_->codec(); }
+std::string FrameStream::pix_fmt() const { return impl_->pix_fmt(); }
+std::string FrameStream::format() const { return impl_->format(); }
+std::string FrameStream::path() const { return impl_->path(); }
+bool FrameStream::closed() const { return impl_->closed(); }
+bool FrameStream::failed() const { return impl_->failed(); }
+
+std::vector<std::string> available_codecs(bool probe_hardware) { return list_codecs(probe_hardware); }
+std::string libavcodec_version() { return version_text(avcodec_version()); }
+std::string libavformat_version() { return version_text(avformat_version()); }
+void set_print_level(int level) { g_print_level.store(level); }
+
+}  // namespace framestream
