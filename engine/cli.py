@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=1, help="super-resolution factor for the FLOP count")
     p.add_argument("--zoom", type=float, default=None, help="coordinate half-range for the FLOP count")
 
+    from .metrics_cmd import add_metrics_args
+    add_metrics_args(sub.add_parser("metrics", help="FVD/KVD against real clips (DIGAN's protocol)",
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter), _add_model_args)
+
     try:
         from digan.train.cli import add_train_args
     except ImportError:
@@ -118,6 +122,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_convert(args)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "metrics":
+            from .metrics_cmd import cmd_metrics
+            return cmd_metrics(args)
         if args.command == "train":
             from digan.train.cli import run_train
             return run_train(args)
