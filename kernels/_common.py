@@ -2,8 +2,8 @@
 
 Nothing here imports Triton or touches a device at import time. The `@triton.jit` kernels live in
 private modules (`_*_triton.py`) that are imported only when the Triton backend runs, through
-`load_triton_module`, which also re-imports them if `TRITON_INTERPRET` changed since (Triton
-decides between compiling and interpreting when the `@triton.jit` decorator runs).
+`load_triton_module`, which refuses a `TRITON_INTERPRET` changed since (Triton decides between
+compiling and interpreting when the `@triton.jit` decorator runs).
 """
 from __future__ import annotations
 
@@ -57,11 +57,14 @@ def interpreter_enabled() -> bool:
 
 
 def load_triton_module(name: str):
-    """Import `kernels.<name>` (a module of `@triton.jit` kernels), re-importing it when it was
-    first imported under another TRITON_INTERPRET setting."""
+    """Import `kernels.<name>` (a module of `@triton.jit` kernels). Its kernels were decorated for
+    the TRITON_INTERPRET setting of their first import; a later change of the setting is an error
+    (set it once, before the first Triton launch), not a silent re-import."""
     mod = importlib.import_module(f"{__package__}.{name}")
     if getattr(mod, "INTERPRETED", None) != interpreter_enabled():
-        mod = importlib.reload(mod)
+        mode = "interpreted" if getattr(mod, "INTERPRETED", False) else "compiled"
+        raise ValueError(f"TRITON_INTERPRET changed after kernels.{name} was imported (its kernels "
+                         f"are {mode}); set it once, before the first Triton launch")
     return mod
 
 

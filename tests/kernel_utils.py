@@ -1,21 +1,19 @@
 """Shared helpers of the kernel tests (tests/test_kernels_*.py).
 
-Importing this module turns Triton's interpreter on (TRITON_INTERPRET=1) unless the environment
-already says otherwise, before anything imports Triton's kernels: Triton decides between compiling
-and interpreting when a `@triton.jit` decorator runs, and kernels/ imports its kernel modules
-lazily (re-importing them if the setting changed). Tensors then live on the CPU. With
-TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernels on the GPU.
+Triton's interpreter (TRITON_INTERPRET=1) is turned on once, in `tests/conftest.py`'s
+`pytest_configure`, unless the environment already says otherwise, before any test module imports
+Triton's kernels (Triton decides between compiling and interpreting when a `@triton.jit` decorator
+runs). Tensors then live on the CPU. With TRITON_INTERPRET=0 on a CUDA machine the same tests run
+the compiled kernels on the GPU. Importing this module sets nothing.
 """
+import contextlib
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import numpy as np
+import pytest
+import torch
 
-import contextlib  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from kernels._common import interpreter_enabled, triton_available  # noqa: E402
+from kernels._common import interpreter_enabled, triton_available
 
 if interpreter_enabled():
     DEVICE = torch.device("cpu")
@@ -36,6 +34,98 @@ needs_triton = pytest.mark.skipif("triton" not in BACKENDS,
 
 def device_for(backend: str) -> torch.device:
     return DEVICE if backend == "triton" else torch.device("cpu")
+
+
+# ---- a tl.dot whose rows do not depend on their place in the block (interpreter only) -----------
+
+def fixed_order_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(..., M, K) @ (..., K, N) for fp32/fp16 operands: every product exact in fp64, summed over k
+    = 0, 1, ..., K-1 in that order in fp64, rounded once to fp32. Each output element is the same
+    sequence of elementwise IEEE operations wherever its row and column sit, so its bits depend
+    only on its own row of `a` and column of `b` (numpy's matmul does not promise that: on
+    OpenBLAS's Haswell kernel a row's bits change with its position in the block). The fp64 sum is
+    at least as accurate as any fp32 accumulation order, so the kernels' error bounds still hold."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    acc = np.zeros(np.broadcast_shapes(a.shape[:-1] + (1,), b.shape[:-2] + (1, b.shape[-1])))
+    for k in range(a.shape[-1]):
+        acc += a64[..., :, k, None] * b64[..., None, k, :]        # (..., M, 1) * (..., 1, N)
+    return acc.astype(np.float32)
+
+
+def patch_interpreter_dot(monkeypatch) -> bool:
+    """Under TRITON_INTERPRET=1, make the interpreter's tl.dot use `fixed_order_matmul` (for fp32
+    or fp16 operands with an fp32 accumulator; anything else keeps the interpreter's own dot) for
+    the rest of the test. The kernel tests assert properties of the kernels (a row's bits do not
+    depend on the tile), not of the host's BLAS; compiled kernels keep their own dot and are held
+    to the same claims by the `gpu` tests. Returns whether the patch is active."""
+    if not interpreter_enabled() or not triton_available():
+        return False
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    numpy_dot = InterpreterBuilder.create_dot
+    exact = (np.float32, np.float16)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        # As the interpreter's own dot, input_precision is not emulated (tf32 runs as fp32).
+        if a.data.dtype not in exact or b.data.dtype not in exact or d.data.dtype != np.float32:
+            return numpy_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+        return TensorHandle(fixed_order_matmul(a.data, b.data) + d.data, d.dtype.scalar)
+
+    create_dot.fixed_order = True
+    monkeypatch.setattr(InterpreterBuilder, "create_dot", create_dot)
+    return True
+
+
+def interpreter_dot_is_fixed_order() -> bool:
+    """True when the interpreter's tl.dot is the fixed-order one (inside `fixed_order_dot`)."""
+    from triton.runtime.interpreter import InterpreterBuilder
+    return getattr(InterpreterBuilder.create_dot, "fixed_order", False)
+
+
+# ---- what the torch (CPU) path assumes of the host's BLAS and vector math ------------------------
+
+def host_matmul_row_problems(K: int, N: int, dtype: torch.dtype) -> list:
+    """The host property the torch path's tile identity rests on: CPU matmul (MKL / oneDNN) of
+    64-byte aligned rows gives each row the same bits for any M >= MIN_GEMM_ROWS and any offset of
+    the row. Returns descriptions of the violations (empty: the property holds here)."""
+    from kernels import MIN_GEMM_ROWS
+    g = torch.Generator().manual_seed(K + N)
+    a = torch.randn(700, K, generator=g).to(dtype)
+    w = torch.randn(N, K, generator=g).to(dtype)
+    whole = a @ w.t()
+    bits = torch.int16 if whole.element_size() == 2 else torch.int32     # compare bits, not values
+    bad = []
+    for off, m in [(0, MIN_GEMM_ROWS), (1, MIN_GEMM_ROWS), (13, 100), (64, 333)]:
+        part = a[off:off + m].clone() @ w.t()
+        if not torch.equal(part.view(bits), whole[off:off + m].view(bits)):
+            bad.append(f"{dtype} matmul K={K} N={N}: rows {off}:{off + m} alone differ from the same rows in M=700")
+    return bad
+
+
+def host_sin_cos_problems() -> list:
+    """The torch path's other assumption: torch.sin/cos (SLEEF's vectorised body vs the scalar
+    tail) give an element the same bits wherever it sits in the tensor."""
+    x = torch.randn(4099, generator=torch.Generator().manual_seed(0)) * 40
+    whole = {"sin": torch.sin(x), "cos": torch.cos(x)}
+    bad = []
+    for off, n in [(0, 1), (1, 3), (5, 17), (7, 100), (3, 4096)]:
+        part = x[off:off + n].clone()
+        for name, fn in (("sin", torch.sin), ("cos", torch.cos)):
+            if not torch.equal(fn(part).view(torch.int32), whole[name][off:off + n].view(torch.int32)):
+                bad.append(f"torch.{name} of elements {off}:{off + n} alone differs from the same elements in 4099")
+    return bad
+
+
+HOST_MATMUL_SHAPES = [(32, 3), (256, 5), (512, 512)]
+
+
+def host_math_problems() -> list:
+    """All violations of the torch path's host assumptions (see test_platform_canary.py)."""
+    bad = host_sin_cos_problems()
+    for K, N in HOST_MATMUL_SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            bad += host_matmul_row_problems(K, N, dtype)
+    return bad
 
 
 @contextlib.contextmanager

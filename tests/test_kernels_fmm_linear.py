@@ -1,8 +1,9 @@
 """fmm_linear (fused modulated GEMM): Triton (interpreter) and torch paths against the torch
 reference and an independent fp64 numpy statement of the spec; bitwise determinism across tiles;
 index helper; argument checks; custom-op registration."""
-from tests.kernel_utils import (BACKENDS, U32, U_BF16, assert_bitwise_equal, assert_uint8_matches,  # noqa: I001
-                                assert_within, device_for, gpu_compile_stats, needs_triton,
+from tests.kernel_utils import (BACKENDS, DEVICE, U32, U_BF16, assert_bitwise_equal,  # noqa: I001
+                                assert_uint8_matches, assert_within, device_for, fixed_order_matmul,
+                                gpu_compile_stats, interpreter_dot_is_fixed_order, needs_triton,
                                 run_poisoned)
 
 import math
@@ -13,9 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import MIN_GEMM_ROWS, SQRT2, fmm_linear, fmm_linear_reference, nearest_index
+from kernels import SQRT2, fmm_linear, fmm_linear_reference, nearest_index
+from kernels._common import interpreter_enabled
 
 linear_mod = sys.modules["kernels.linear"]
+
+# Interpreter-mode tl.dot is a fixed-order sum here (see tests/conftest.fixed_order_dot): these
+# tests check the kernel, not the host BLAS behind numpy's matmul.
+pytestmark = pytest.mark.usefixtures("fixed_order_dot")
 
 PRECISIONS = ["fp32", "tf32", "bf16"]
 # Relative error of one product from rounding its two operands (worst case, per precision):
@@ -301,9 +307,7 @@ TILES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_tiles_bitwise_identical(precision, backend):
+def _check_tiles_bitwise_identical(backend, precision):
     P = _problem()
     F, rect = P["F"], P["rect"]
     H, W = rect[1] - rect[0], rect[3] - rect[2]
@@ -317,6 +321,47 @@ def test_tiles_bitwise_identical(precision, backend):
                                  f"{backend}/{precision} {name}, tile {frames} {sub}")
 
 
+# Interpreted Triton (its tl.dot made fixed-order) and the torch path (which rests on the host
+# properties of test_platform_canary.py); compiled kernels in the gpu test below.
+INTERPRETED_BACKENDS = ["torch"] + (["triton"] if "triton" in BACKENDS and interpreter_enabled() else [])
+
+
+@pytest.mark.parametrize("backend", INTERPRETED_BACKENDS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_tiles_bitwise_identical(precision, backend, request):
+    if backend == "triton":
+        assert interpreter_dot_is_fixed_order(), "the fixed_order_dot fixture is not active"
+    else:
+        request.getfixturevalue("position_independent_host_math")
+    _check_tiles_bitwise_identical(backend, precision)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_tiles_bitwise_identical_compiled(precision):
+    """The claim the engine's tiling rests on, for the compiled kernel and its own tl.dot: a
+    row's reduction order, hence its bits, does not depend on the tile (configs never use M)."""
+    assert DEVICE is not None and DEVICE.type == "cuda"
+    _check_tiles_bitwise_identical("triton", precision)
+
+
+def test_fixed_order_matmul_rows_independent_of_position():
+    """The interpreter's replacement dot: a row's bits depend only on that row (any position, any
+    number of rows), and it is within fp32 rounding of the fp64 product (|err| <= 2 u |a||b| +
+    u |ab|: the fp64 sum of exact products errs by K 2^-53 |a||b|, far below one fp32 rounding)."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((130, 48)).astype(np.float32)
+    b = rng.standard_normal((48, 17)).astype(np.float32)
+    whole = fixed_order_matmul(a, b)
+    for off, m in [(0, 1), (5, 3), (7, 64), (1, 129)]:
+        assert np.array_equal(fixed_order_matmul(a[off:off + m], b).view(np.int32),
+                              whole[off:off + m].view(np.int32)), (off, m)
+    assert np.array_equal(fixed_order_matmul(a, b[:, 3:4]).view(np.int32), whole[:, 3:4].view(np.int32))
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    bound = 2 * U32 * (np.abs(a).astype(np.float64) @ np.abs(b)) + U32 * np.abs(exact)
+    assert (np.abs(whole - exact) <= bound).all()
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("case", [
     # 270 rows in chunks of 6 and then 3 tile rows of 10 (60, 30: the last one padded)
@@ -326,7 +371,7 @@ def test_tiles_bitwise_identical(precision, backend):
     # 270 rows of aligned x (used in place), chunks of 64 and a padded remainder of 14
     dict(M=270, KX=32, N=5, bias=True, act=True),
 ], ids=["emb_rows", "emb_frames", "x_direct"])
-def test_torch_chunking_bitwise_identical(case, precision, monkeypatch):
+def test_torch_chunking_bitwise_identical(case, precision, monkeypatch, position_independent_host_math):
     """The torch path's row chunks (size and remainder) do not change any bit."""
     kw = make_case(7, **case)
     whole = fmm_linear(**kw, precision=precision, backend="torch")
@@ -338,7 +383,7 @@ def test_torch_chunking_bitwise_identical(case, precision, monkeypatch):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("K", [17, 512])
-def test_torch_rows_independent_of_slice(K, precision):
+def test_torch_rows_independent_of_slice(K, precision, position_independent_host_math):
     """Rows of x sliced anywhere (unaligned starts, M = 1 ... 100) give the bits of the whole."""
     g = torch.Generator().manual_seed(K)
     x = torch.randn(300, K, generator=g)
@@ -347,30 +392,6 @@ def test_torch_rows_independent_of_slice(K, precision):
     for off, m in [(0, 1), (1, 1), (3, 7), (5, 15), (1, 64), (7, 100), (0, 300)]:
         part = fmm_linear(W, x[off:off + m], precision=precision, backend="torch")
         assert_bitwise_equal(part, whole[off:off + m], f"K={K} rows {off}:{off + m}")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("K,N", [(32, 3), (256, 5), (512, 512)])
-def test_torch_matmul_rows_padded_property(K, N, dtype):
-    """The property the torch path rests on: CPU matmul of 64-byte aligned rows gives each row the
-    same bits for any M >= MIN_GEMM_ROWS and any offset of the row (fails for M = 1, 3, 7)."""
-    g = torch.Generator().manual_seed(K + N)
-    a = torch.randn(700, K, generator=g).to(dtype)
-    w = torch.randn(N, K, generator=g).to(dtype)
-    whole = a @ w.t()
-    for off, m in [(0, MIN_GEMM_ROWS), (1, MIN_GEMM_ROWS), (13, 100), (64, 333)]:
-        assert_bitwise_equal(a[off:off + m].clone() @ w.t(), whole[off:off + m], f"rows {off}+{m}")
-
-
-def test_torch_sin_cos_position_independent():
-    """The torch path's other assumption: torch.sin/cos give an element the same bits wherever it
-    sits in the tensor (vectorised body vs tail)."""
-    x = torch.randn(4099, generator=torch.Generator().manual_seed(0)) * 40
-    s, c = torch.sin(x), torch.cos(x)
-    for off, n in [(0, 1), (1, 3), (5, 17), (7, 100), (3, 4096)]:
-        part = x[off:off + n].clone()
-        assert_bitwise_equal(torch.sin(part), s[off:off + n], "sin")
-        assert_bitwise_equal(torch.cos(part), c[off:off + n], "cos")
 
 
 # ---- nearest_index ------------------------------------------------------------------------------
