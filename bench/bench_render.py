@@ -1,13 +1,14 @@
 """Render benchmark: eager reference vs torch.compile vs the engine, side by side in one process.
 
     python bench/bench_render.py                 # GPU if present, else the CPU subset
-    python bench/bench_render.py --sizes 128x16x1 --modes eager,engine-fp32,engine-bf16
+    python bench/bench_render.py --sizes 128x16x1 --modes eager,engine-fp32,engine-bf16 --write
 
 Per size (side x frames x videos) and mode it reports frames/s, the speedup over the eager fp32
 reference measured in the same run, MFU (FLOPs the mode really executes / the bf16 matmul rate
 measured on this device in this run), peak GPU memory (or host RSS growth on CPU), and the
-PSNR of bf16 uint8 frames against fp32 ones. Appends JSON rows (device, date, git revision) to
-bench/results/render.jsonl and rewrites the table between markers in bench/RESULTS.md.
+PSNR of bf16 uint8 frames against fp32 ones. With --write it appends JSON rows (device, date, git
+revision) to bench/results/render.jsonl and rewrites the table between markers in bench/RESULTS.md;
+without, it only prints. MFU divides by the best matmul rate measured over the dtypes (<= 1).
 Timing: median of `--reps` runs after one warm-up, with device synchronisation.
 """
 from __future__ import annotations
@@ -57,13 +58,28 @@ def timed(fn, device, reps: int) -> float:
     return times[len(times) // 2]
 
 
-def matmul_peak(device, dtype=torch.bfloat16) -> float:
-    """Measured dense matmul FLOP/s on this device (the denominator of MFU)."""
+def matmul_rate(device, dtype=torch.bfloat16, tf32: bool = False) -> float:
+    """Measured dense matmul FLOP/s on this device for one dtype."""
     n = 8192 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t = timed(lambda: a @ b, device, 5 if device.type == "cuda" else 3)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        t = timed(lambda: a @ b, device, 5 if device.type == "cuda" else 3)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
     return 2 * n ** 3 / t
+
+
+def matmul_peak(device) -> tuple:
+    """(peak FLOP/s, {dtype: FLOP/s}): the best dense matmul rate measured on this device in this
+    run, over bf16, fp32 (and tf32 on CUDA). MFU divides by the best one, so it stays <= 1 on a
+    CPU without native bf16 (where bf16 ran 70x slower than fp32 and MFU against it read 105)."""
+    rates = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}
+    if device.type == "cuda":
+        rates["tf32"] = matmul_rate(device, torch.float32, tf32=True)
+    return max(rates.values()), rates
 
 
 MEMORY_CHILD = """
@@ -112,16 +128,17 @@ def run(args) -> list:
     modes = args.modes.split(",") if args.modes else (GPU_MODES if gpu else CPU_MODES)
     G = untrained_generator().to(device)
     cfg = G.cfg
-    peak = matmul_peak(device)
+    peak, rates = matmul_peak(device)
     name = device_name(device)
     rev, dirty = git_rev()
     rev += "-dirty" if dirty else ""
-    print(f"device: {name}; measured bf16 matmul: {peak / 1e12:.1f} TFLOP/s", flush=True)
+    print(f"device: {name}; measured matmul: "
+          + ", ".join(f"{k} {v / 1e12:.3g}" for k, v in rates.items())
+          + f" TFLOP/s (MFU against the best, {peak / 1e12:.3g})", flush=True)
     rows = []
     for size in sizes:
-        side, frames, videos = (int(v) for v in size.split("x"))
-        scale = side // cfg.img_resolution
-        view = View(scale=scale)
+        side, frames, videos = parse_size(size)
+        view = size_view(side, cfg.img_resolution)
         total_frames = frames * videos
         ref_fps = None
         u8 = {}
@@ -170,6 +187,31 @@ def run(args) -> list:
         if compile_fps.get("compile-bf16") and compile_fps.get("engine-bf16"):
             print(f"{size:>11} engine-bf16 / compile-bf16: {compile_fps['engine-bf16'] / compile_fps['compile-bf16']:.2f}x")
     return rows
+
+
+def parse_size(size: str) -> tuple:
+    """'SIDExFRAMESxVIDEOS' -> three positive ints (ValueError naming the size otherwise)."""
+    try:
+        vals = tuple(int(v) for v in size.split("x"))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or min(vals) < 1:
+        raise ValueError(f"size {size!r} must be SIDExFRAMESxVIDEOS with positive ints, e.g. 128x16x1")
+    return vals
+
+
+def size_view(side: int, resolution: int) -> View:
+    """The view rendering `side`² pixels: super-resolution by side // resolution, and a centred
+    crop of it when side is not a multiple of the resolution (so sizes below 128 work too)."""
+    scale = max(1, side // resolution)
+    full = resolution * scale
+    if side == full:
+        return View(scale=scale)
+    if side > full:
+        scale += 1
+        full = resolution * scale
+    off = (full - side) // 2
+    return View(scale=scale, top=off, left=off, height=side, width=side)
 
 
 def make_runner(G, mode, view, frames, videos, device, budget):
@@ -255,12 +297,15 @@ def main():
     p.add_argument("--device", default=None)
     p.add_argument("--budget", type=lambda s: int(float(s) * (1 << 30)), default=4 << 30, help="engine budget, GiB")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--write", action="store_true",
+                   help="append to bench/results/render.jsonl and rewrite the table in bench/RESULTS.md "
+                        "(default: print only; the source tree is left alone)")
+    p.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old default
     p.add_argument("--memory-curve", action="store_true", help="CPU: peak RSS of 16/64/256-frame renders")
     args = p.parse_args()
     rows = run(args)
     curve = memory_curve() if args.memory_curve else []
-    if not args.no_write and rows:
+    if args.write and rows:
         write_results(rows, curve)
 
 

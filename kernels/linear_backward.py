@@ -380,10 +380,23 @@ def _triton_bwd_config(KX: int, E: int, N: int, M: int, precision: str) -> dict:
     wide = 64 if precision == "bf16" else 32
     split = max(1, min(_DW_MAX_SPLIT, M // _DW_SPLIT_ROWS))
     rows_per_split = round_up(cdiv(max(M, 1), split), wide)
+    dw = dict(BLOCK_M=wide, BLOCK_N=bn_out, BLOCK_K=32, num_warps=4)
+    if precision != "fp32":
+        # The dW dot is (BLOCK_N, BLOCK_M) @ (BLOCK_M, BLOCK_K): Hopper's wgmma needs its M side,
+        # BLOCK_N here, to be >= 64 (ToRGB's N = 3 got mma.sync); rows past N are masked off.
+        dw["BLOCK_N"] = 64
+    elif E:
+        # fp32 with the embedding (two FMA accumulators plus sin/cos with their range-reduction
+        # slow path): 64x32 on 4 warps got 32 registers and 4.4 KB spill stores on sm_90 and
+        # sm_80. 64x16 on 8 warps: no spill (see kernels/compile_check.py). The row step
+        # BLOCK_M, and with it the reduction order, is unchanged; keyed on the shape only.
+        dw.update(BLOCK_K=16, num_warps=8)
     return dict(
         dy=dict(BLOCK_M=64, BLOCK_N=min(128, max(16, 1 << (N - 1).bit_length()))),
-        da=dict(BLOCK_M=64, BLOCK_N=wide, BLOCK_K=32),
-        dw=dict(BLOCK_M=wide, BLOCK_N=bn_out, BLOCK_K=32),
+        # dA's reduction runs over N: for ToRGB's N = 3 a 32-wide step left 12 bytes of spill
+        # on sm_90 (fp32); a 16-wide one does not.
+        da=dict(BLOCK_M=64, BLOCK_N=16 if N <= 16 else wide, BLOCK_K=32, num_warps=4),
+        dw=dw,
         split=cdiv(max(M, 1), rows_per_split), rows_per_split=rows_per_split)
 
 
@@ -458,7 +471,7 @@ def _backward_triton(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
             dyp, weight,
             emb_A if E else dummy, emb_b if E else dummy, xs if E else dummy, ys if E else dummy,
             dx_rows, part, M, N, KX, E, HW, d.TW, MB, weight.stride(0),
-            NEED_X=need_x, NEED_EMB=need_e, num_warps=4, num_stages=3, enable_fp_fusion=False,
+            NEED_X=need_x, NEED_EMB=need_e, num_stages=3, enable_fp_fusion=False,
             **dot, **c)
         if need_x:
             res["x"] = (_scatter_rows_triton(dx_rows, x_index, x.shape[0]) if x_index is not None
@@ -493,7 +506,7 @@ def _backward_triton(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
                 ys if E else dummy, dw, M, N, KX, E, HW, d.TW, cfg["rows_per_split"],
                 x.stride(0) if KX else 0,
                 NEED_X=KX > 0, HAS_X_INDEX=x_index is not None, NEED_EMB=E > 0,
-                num_warps=4, num_stages=3, enable_fp_fusion=False, **dot, **c)
+                num_stages=3, enable_fp_fusion=False, **dot, **c)
             res["weight"] = dw[0] if S == 1 else dw.sum(0)
     return FmmLinearGrads(*(res[k] for k in GRAD_NAMES))
 
