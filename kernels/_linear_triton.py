@@ -1,9 +1,11 @@
 """Triton kernel for the fused modulated 1x1 layer (imported only by the Triton backend; see
 linear.py for the math, the checks and the launcher).
 
-Launch with enable_fp_fusion=False: the embedding phase A0*x + A1*y + b is specified as separate
-fp32 multiplies and adds (the bits the torch path produces); contracting them into FMAs would
-change them. tl.dot is unaffected; the epilogue costs a few more instructions.
+Launch with enable_fp_fusion=False: the trig-free embedding operand sin(X+Y) = sx*cy + cx*sy,
+cos(X+Y) = cx*cy - sx*sy is specified as separate fp32 multiplies and adds (the bits the torch
+path produces from the same tables); contracting them into FMAs would change them. tl.dot is
+unaffected; the epilogue costs a few more instructions. No sin/cos is evaluated here: the tables
+come from the launcher.
 """
 import triton
 import triton.language as tl
@@ -49,14 +51,20 @@ def _sin_cos(phase, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
+def _angle_add(s1, c1, s2, c2):
+    """sin(u + v), cos(u + v) from sin/cos of u (s1, c1) and of v (s2, c2): s1*c2 + c1*s2 and
+    c1*c2 - s1*s2, each product and sum rounded once (with enable_fp_fusion=False)."""
+    return s1 * c2 + c1 * s2, c1 * c2 - s1 * s2
+
+
+@triton.jit
 def _fmm_linear_kernel(
     x_ptr,             # (MX, KX) activations fp32/bf16, row stride stride_xm
     x_index_ptr,       # (M,) int64: row of x read by output row m (HAS_X_INDEX)
     w_ptr,             # (N, KX + 2E) weight [W_x | W_sin | W_cos] fp32/bf16, row stride stride_wn
-    emb_a_ptr,         # (E, 2) fp32 frequencies A, contiguous
-    emb_b_ptr,         # (F, E) fp32 per-frame phase b(t_f), contiguous
-    xs_ptr,            # (TW,) fp32 x coordinate of each tile column
-    ys_ptr,            # (TH,) fp32 y coordinate of each tile row
+    wf_ptr,            # (F, N, 2E) fp32 per-frame folded weights [W'_sin(f) | W'_cos(f)], contiguous
+    tx_ptr,            # (TW, 2E) fp32 [sin X | cos X] per tile column, X = A0*xs[j], contiguous
+    ty_ptr,            # (TH, 2E) fp32 [sin Y | cos Y] per tile row, Y = A1*ys[i], contiguous
     pre_ptr,           # (MP, N) addend before bias/activation, row stride stride_pre
     pre_index_ptr,     # (M,) int64: row of pre read by output row m (HAS_PRE_INDEX)
     bias_ptr,          # (N,) bias
@@ -96,12 +104,22 @@ def _fmm_linear_kernel(
     BLOCK_K: tl.constexpr,         # K step, for x channels and for embedding frequencies
 ):
     # 1. Map program ids to a (BLOCK_M, BLOCK_N) output tile; int64 before pointer arithmetic.
+    #    With the embedding a row tile lies in one frame f (its folded weights are per frame):
+    #    program pid_m is row block pid_m % tiles_per_frame of frame pid_m // tiles_per_frame.
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)              # (BLOCK_M,) int64
+    if HAS_EMB:
+        hw = TH * TW
+        tiles_per_frame = tl.cdiv(hw, BLOCK_M)
+        f = pid_m // tiles_per_frame
+        r = (pid_m - f * tiles_per_frame) * BLOCK_M + tl.arange(0, BLOCK_M)   # pixel in the frame
+        mask_m = r < hw
+        offs_m = f * hw + r                                       # (BLOCK_M,) int64
+    else:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # (BLOCK_M,) int64
+        mask_m = offs_m < M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)              # (BLOCK_N,) int64
     offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
     mask_n = offs_n < N
     w_cols = w_ptr + offs_n[None, :] * stride_wn                  # (1, BLOCK_N) row starts of W
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -120,30 +138,30 @@ def _fmm_linear_kernel(
             b = tl.load(w_cols + k[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             acc = _mma(a, b, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
 
-    # 3. Embedding generated in registers: row m = (f, i, j) of the tile,
-    #    e[m] = [sin(A0*xs[j] + A1*ys[i] + b[f]), cos(same)], then e @ W_e^T.
+    # 3. Trig-free embedding generated in registers: row m = (f, i, j) of the tile has the
+    #    frame-independent operand [sin(X_j + Y_i), cos(X_j + Y_i)] by angle addition from the
+    #    column and row tables (no sin/cos here), times frame f's folded weights.
     if HAS_EMB:
-        hw = TH * TW
-        f = offs_m // hw
-        rem = offs_m - f * hw
-        i = rem // TW
-        j = rem - i * TW
-        f = tl.where(mask_m, f, 0)
-        xv = tl.load(xs_ptr + j, mask=mask_m, other=0.0)          # (BLOCK_M,)
-        yv = tl.load(ys_ptr + i, mask=mask_m, other=0.0)
-        b_row_ptr = emb_b_ptr + f[:, None] * E                    # (BLOCK_M, 1)
+        i = r // TW
+        j = r - i * TW
+        i = tl.where(mask_m, i, 0)
+        j = tl.where(mask_m, j, 0)
+        tx_row = tx_ptr + j[:, None] * (2 * E)                    # (BLOCK_M, 1)
+        ty_row = ty_ptr + i[:, None] * (2 * E)
+        wf_cols = wf_ptr + f * N * (2 * E) + offs_n[None, :] * (2 * E)   # (1, BLOCK_N)
         for e0 in range(0, E, BLOCK_K):
             e = e0 + offs_k
             mask_e = e < E
-            a0 = tl.load(emb_a_ptr + 2 * e, mask=mask_e, other=0.0)        # (BLOCK_K,)
-            a1 = tl.load(emb_a_ptr + 2 * e + 1, mask=mask_e, other=0.0)
-            bb = tl.load(b_row_ptr + e[None, :], mask=mask_m[:, None] & mask_e[None, :], other=0.0)
-            phase = a0[None, :] * xv[:, None] + a1[None, :] * yv[:, None] + bb   # spec order
-            s, c = _sin_cos(phase, INTERPRETER)
-            # Padded frequencies (e >= E) have phase 0, cos 1: their weights load as 0.
+            t_mask = mask_m[:, None] & mask_e[None, :]
+            sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)        # (BLOCK_M, BLOCK_K)
+            cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
+            cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            s, c = _angle_add(sx, cx, sy, cy)
+            # Padded frequencies (e >= E) and rows load 0: their operand is 0, their weights too.
             w_mask = mask_e[:, None] & mask_n[None, :]
-            w_sin = tl.load(w_cols + (KX + e)[:, None], mask=w_mask, other=0.0)
-            w_cos = tl.load(w_cols + (KX + E + e)[:, None], mask=w_mask, other=0.0)
+            w_sin = tl.load(wf_cols + e[:, None], mask=w_mask, other=0.0)   # (BLOCK_K, BLOCK_N)
+            w_cos = tl.load(wf_cols + (E + e)[:, None], mask=w_mask, other=0.0)
             acc = _mma(s, w_sin, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
             acc = _mma(c, w_cos, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
 

@@ -10,9 +10,36 @@ x w columns. With the per-video weight W = [W_x | W_sin | W_cos] of shape (N, Kx
 
 Every term is optional: without x, Kx = 0; without the embedding, E = 0; an index left out means
 the identity. lrelu(y) = max(y, 0.2 y). The embedding is generated in the prologue, never stored
-(torch path: in chunks of rows). The phase is formed exactly as A0*x + A1*y + b in fp32, separate
-multiplies and adds, in both backends, so both see the same phase bits; sin/cos implementations
-may differ by an ulp or two between torch (SLEEF on CPU) and Triton (libdevice on GPU).
+(torch path: in blocks of tile rows).
+
+Trig-free embedding (DESIGN §7), the same in both backends and in the backward. The phase is a
+column term X = A0*xs[j], a row term Y = A1*ys[i] and a frame term B = b[f], so
+
+    e @ [W_sin | W_cos]^T = sin(X+Y) W'_sin(f)^T + cos(X+Y) W'_cos(f)^T
+    sin(X+Y) = sx*cy + cx*sy,   cos(X+Y) = cx*cy - sx*sy                  (angle addition)
+    W'_sin(f) = W_sin diag(cos B) - W_cos diag(sin B),  W'_cos(f) = W_sin diag(sin B) + W_cos diag(cos B)
+
+from tables tx = [sin X | cos X] (w, 2E), ty (h, 2E), tb (F, 2E) (`emb_tables`: fp64 of the exact
+products, rounded once), the frame-independent operand built with 4 multiplies and 2 adds
+(`trig_operand_`) and per-frame folded weights (`fold_frame_weights`, F x N x 2E per call). No
+sin/cos is evaluated per pixel: the Triton kernel has none, the launchers evaluate the tables once
+per call with torch. Tables, operand and folded weights are elementwise with a fixed op order (no
+FMA), so their bits do not depend on the tile, and the two backends use the very same values.
+
+Error against the exact statement (sin/cos of the exact A0*x + A1*y + b of the fp32 inputs), per
+frequency, with u = 2^-24: table entries <= u/2; operand entries <= (sqrt2 + 1.5) u = 2.9 u
+(table errors times |sin|+|cos| <= sqrt2, two product and one sum roundings); folded weights
+<= 1.5 u (|W_sin| + |W_cos|); so one frequency's contribution is off by <= (2.9 sqrt2 +
+1.5 sqrt2) u (|W_sin| + |W_cos|) = 6.3 u per unit weight, before the GEMM's own summation error.
+The fp32 statement it replaces rounds the phase twice: at |phase| ~ 10 that is up to ulp(8) =
+9.5e-7 = 16 u of phase error, at ~30 up to 32 u (and the direct sin/cos adds ~1 u). Measured at the
+official small-64 fixture's phases (|phase| <= 10.9, 128 x 128 grid, 16 frames): operand max error
+2.3 u, sin/cos(X+Y+B) by angle addition (the backward's operand) 3.8 u, the old sin/cos of the
+fp32 phase 20 u; e @ W^T with exact sums, max |err| / sum|w|: 0.33 u new vs 0.82 u old, relative
+L2 6.1e-8 vs 1.1e-7. At |phase| <= 29 (uniform A in [-12, 12]^2, b in [-6, 6]): operand 2.4 u,
+angle addition 3.7 u, old 47.5 u; e @ W^T 0.29 u vs 2.1 u, relative L2 6.0e-8 vs 2.7e-7. The new
+embedding is therefore inside the fp32 parity bound with room (the fixtures' rel. L2 stays 1.06e-6
+for the engine, 9.1e-7 for fast_synthesis, as with the direct sin/cos).
 
 Split conv0: W'.[up(h), e] = up(W'_h h) + W'_e e. Run the feature part at the parent resolution
 (fmm_linear(W'_h, h)), then the child call adds it by index (pre_add, pre_index=nearest_index(...)).
@@ -33,7 +60,9 @@ row in it), per backend and device. Triton: tile sizes and the K order come from
 precision) only, never from M; no autotuning by timing (it could pick other tiles in another
 process). Torch: the GEMMs run on at least MIN_GEMM_ROWS rows with 64-byte aligned, zero-padded
 K (CPU matmul uses other bits for a few rows or unaligned rows), and elementwise ops only.
-The two backends differ from each other by rounding.
+With the embedding, Triton's row tiles lie in one frame and the torch GEMMs run per frame (each
+frame has its folded weights). The two backends see the same operand and weight values and
+differ from each other only by the GEMMs' summation order.
 """
 from __future__ import annotations
 
@@ -59,6 +88,8 @@ _INT32_MAX = 2**31 - 1
 _TORCH_CHUNK_BYTES = 4 << 20
 _TORCH_MIN_CHUNK_ROWS = 256
 _TORCH_MAX_CHUNK_ROWS = 8192
+# Torch path with the embedding: bytes of per-frame folded weights (frames x N x Kp) held at once.
+_TORCH_FOLD_BYTES = 8 << 20
 
 
 class _Dims(NamedTuple):
@@ -225,6 +256,57 @@ def _epilogue_(y: torch.Tensor, rows: slice, pre_add, pre_index, bias, act, gain
     return y
 
 
+# ---- the trig-free embedding (tables, operand, folded weights; both backends) ----------------------
+
+def emb_tables(emb_A: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, emb_b: torch.Tensor,
+               dtype: Optional[torch.dtype] = None):
+    """[sin | cos] tables of the three phase terms X = A0*xs[j], Y = A1*ys[i], B = b[f]:
+    tx (w, 2E), ty (h, 2E), tb (F, 2E), in `dtype` (default: emb_A's, fp32).
+
+    Evaluated in fp64 and rounded once: an fp32 x fp32 product is exact in fp64 (48 of 53 bits),
+    so each entry is sin/cos of the exact term, correctly rounded (error <= 2^-25, half an ulp of
+    1) but for the fp64 sin's own ~1e-16. Elementwise: an entry does not depend on the tile it is
+    computed in. (w + h + F) * 2E values per call, against F*h*w*2E of the direct statement."""
+    wide = torch.float64
+    dtype = dtype or emb_A.dtype
+    A = emb_A.to(wide)
+    terms = (xs.to(wide)[:, None] * A[:, 0], ys.to(wide)[:, None] * A[:, 1], emb_b.to(wide))
+    return tuple(torch.cat([t.sin(), t.cos()], dim=1).to(dtype) for t in terms)
+
+
+def trig_operand_(tx: torch.Tensor, ty: torch.Tensor, s_out: torch.Tensor, c_out: torch.Tensor,
+                  tmp: torch.Tensor) -> None:
+    """sin(X+Y), cos(X+Y) of the tile rows of `ty` (nh, 2E) x the columns of `tx` (w, 2E) by angle
+    addition, into s_out, c_out ((nh*w, E) views, rows (i, j) row-major; fp32 or bf16, rounded on
+    store). The op order the Triton kernels use, every product and sum rounded once (no FMA):
+        s = sx*cy + cx*sy,   c = cx*cy - sx*sy.
+    tmp: fp32 scratch (2, >= nh*w, E)."""
+    E = tx.shape[1] // 2
+    nh, w = ty.shape[0], tx.shape[0]
+    sx, cx = tx[None, :, :E], tx[None, :, E:]                        # (1, w, E)
+    sy, cy = ty[:, None, :E], ty[:, None, E:]                        # (nh, 1, E)
+    t1 = tmp[0, :nh * w].view(nh, w, E)
+    t2 = tmp[1, :nh * w].view(nh, w, E)
+    torch.mul(sx, cy, out=t1)
+    torch.mul(cx, sy, out=t2)
+    torch.add(t1, t2, out=s_out.view(nh, w, E))
+    torch.mul(cx, cy, out=t1)
+    torch.mul(sx, sy, out=t2)
+    torch.sub(t1, t2, out=c_out.view(nh, w, E))
+
+
+def fold_frame_weights(w_emb: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+    """Per-frame embedding weights (g, N, 2E) = [W'_sin(f) | W'_cos(f)] from w_emb (N, 2E) =
+    [W_sin | W_cos] and the frame tables tb (g, 2E) = [sin B | cos B]:
+        W'_sin = W_sin*cos B - W_cos*sin B,   W'_cos = W_sin*sin B + W_cos*cos B
+    so that sin(P+B) W_sin + cos(P+B) W_cos = sin(P) W'_sin + cos(P) W'_cos (P = X+Y). Same
+    dtype as w_emb; every product and sum rounded once."""
+    E = tb.shape[1] // 2
+    ws, wc = w_emb[None, :, :E], w_emb[None, :, E:]                  # (1, N, E)
+    sb, cb = tb[:, None, :E], tb[:, None, E:]                        # (g, 1, E)
+    return torch.cat([ws * cb - wc * sb, ws * sb + wc * cb], dim=2)
+
+
 # ---- torch reference ----------------------------------------------------------------------------
 
 def fmm_linear_reference(weight, x=None, *, x_index=None, emb_A=None, emb_b=None, xs=None, ys=None,
@@ -232,7 +314,9 @@ def fmm_linear_reference(weight, x=None, *, x_index=None, emb_A=None, emb_b=None
                          post_add=None, post_index=None, out_dtype=None, out_uint8=False,
                          precision="fp32") -> torch.Tensor:
     """Plain, unfused torch statement of the op (materialises x[x_index] and the embedding).
-    Operands rounded to `precision`, then one fp32 GEMM: exact products, fp32 accumulation."""
+    The embedding is sin/cos of the phase A0*x + A1*y + b evaluated in fp64 (exact products,
+    no trig-free rewriting), rounded once to fp32. Operands rounded to `precision`, then one fp32
+    GEMM: exact products, fp32 accumulation."""
     out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
     d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
                           gain, clamp, post_add, post_index, out_dtype, precision)
@@ -240,11 +324,11 @@ def fmm_linear_reference(weight, x=None, *, x_index=None, emb_A=None, emb_b=None
     if x is not None:
         parts.append((x if x_index is None else x[x_index]).float())
     if d.E:
-        ax, ay = emb_A[:, 0], emb_A[:, 1]
-        phase = (ax * xs[None, None, :, None] + ay * ys[None, :, None, None]
-                 + emb_b[:, None, None, :])                                      # (F, h, w, E)
+        A, b = emb_A.double(), emb_b.double()
+        xd, yd = xs.double()[None, None, :, None], ys.double()[None, :, None, None]
+        phase = A[:, 0] * xd + A[:, 1] * yd + b[:, None, None, :]                # (F, h, w, E)
         phase = phase.reshape(d.M, d.E)
-        parts.append(torch.cat([phase.sin(), phase.cos()], dim=1))
+        parts.append(torch.cat([phase.sin(), phase.cos()], dim=1).float())
     if parts:
         a = gemm_precision_cast(torch.cat(parts, dim=1), precision)
         y = a @ gemm_precision_cast(weight, precision).t()
@@ -285,70 +369,109 @@ def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_ind
     row_bytes = Kp * esize + N * 4
     rows_per_chunk = min(_TORCH_MAX_CHUNK_ROWS,
                          max(_TORCH_MIN_CHUNK_ROWS, _TORCH_CHUNK_BYTES // row_bytes // 64 * 64))
-    chunks = list(_row_chunks(d, rows_per_chunk))
-    max_rows = max(c[1] - c[0] for c in chunks)
     uint8 = d.out_dtype == torch.uint8
     # The GEMM writes straight into `out` when nothing is left to cast.
     gemm_into_out = cdt == torch.float32 and d.out_dtype == torch.float32
 
-    if K:
-        # Weight (N, Kp): operand precision applied once, zero columns past K.
+    def gemm_epilogue(a, wt_t, m, rows):
+        # 2. One GEMM, fp32 accumulation (bf16: result rounded to bf16 by torch).
+        if gemm_into_out and a.shape[0] == m:
+            y = torch.mm(a, wt_t, out=out[rows])
+        else:
+            y = torch.mm(a, wt_t)[:m]
+            if y.dtype != torch.float32:
+                y = y.float()
+        # 3. Epilogue in place, fp32; cast once into `out`.
+        _epilogue_(y, rows, pre_add, pre_index, bias, act, gain, clamp, post_add, post_index, uint8)
+        if y.data_ptr() != out[rows].data_ptr():
+            out[rows].copy_(y)
+
+    def x_rows(rows):
+        src = x[rows] if x_index is None else x.index_select(0, x_index[rows])
+        return tf32_round(src.float()) if precision == "tf32" else src
+
+    if not K:                                                    # epilogue only
+        for c0 in range(0, M, rows_per_chunk):
+            rows = slice(c0, min(M, c0 + rows_per_chunk))
+            y = torch.zeros((rows.stop - c0, N), dtype=torch.float32, device=dev)
+            _epilogue_(y, rows, pre_add, pre_index, bias, act, gain, clamp, post_add, post_index,
+                       uint8)
+            out[rows].copy_(y)
+        return out
+
+    if not E:
+        # x only: chunks of rows, one GEMM each; x is used in place when it already is the
+        # aligned operand the buffer would hold.
         wt = torch.empty((N, Kp), dtype=cdt, device=dev)
         wt[:, :K] = tf32_round(weight.float()) if precision == "tf32" else weight
         wt[:, K:].zero_()
-        wt_t = wt.t()
-        # x is used in place when it already is the aligned operand the buffer would hold.
-        direct = (E == 0 and x_index is None and x.dtype == cdt and precision != "tf32"
-                  and KX == Kp and (x.stride(0) * esize) % GEMM_ALIGN_BYTES == 0
+        direct = (x_index is None and x.dtype == cdt and precision != "tf32" and KX == Kp
+                  and (x.stride(0) * esize) % GEMM_ALIGN_BYTES == 0
                   and x.data_ptr() % GEMM_ALIGN_BYTES == 0)
-        if not direct or min(c[1] - c[0] for c in chunks) < MIN_GEMM_ROWS:
-            buf = torch.empty((max(MIN_GEMM_ROWS, max_rows), Kp), dtype=cdt, device=dev)
+        chunks = [(c0, min(M, c0 + rows_per_chunk)) for c0 in range(0, M, rows_per_chunk)]
+        if not direct or min(c1 - c0 for c0, c1 in chunks) < MIN_GEMM_ROWS:
+            buf = torch.empty((max(MIN_GEMM_ROWS, max(c1 - c0 for c0, c1 in chunks)), Kp),
+                              dtype=cdt, device=dev)
             buf[:, K:].zero_()
-        if E:
-            # Phase = (A0*x + A1*y) + b: the products once per call, two broadcast adds per chunk.
-            px = emb_A[:, 0][None, :] * xs[:, None]                     # (w, E)
-            py = emb_A[:, 1][None, :] * ys[:, None]                     # (h, E)
-            phase_buf = torch.empty((max_rows, E), dtype=torch.float32, device=dev)
-
-    for c0, c1, f0, f1, i0, i1 in chunks:
-        m = c1 - c0
-        rows = slice(c0, c1)
-        # 1. Operand rows [x[x_index] | sin | cos | 0] (m, Kp), at least MIN_GEMM_ROWS of them.
-        if not K:
-            y = torch.zeros((m, N), dtype=torch.float32, device=dev)
-        else:
+        for c0, c1 in chunks:
+            m, rows = c1 - c0, slice(c0, c1)
+            # 1. Operand rows [x[x_index] | 0] (m, Kp), at least MIN_GEMM_ROWS of them.
             if direct and m >= MIN_GEMM_ROWS:
                 a = x[rows]
             else:
                 a = buf[:max(m, MIN_GEMM_ROWS)]
                 if m < a.shape[0]:
                     a[m:].zero_()
-                if x is not None:
-                    src = x[rows] if x_index is None else x.index_select(0, x_index[rows])
-                    if precision == "tf32":
-                        src = tf32_round(src.float())
-                    a[:m, :KX].copy_(src)
-                if E:
-                    phase = phase_buf[:m]
-                    pxy = px[None] + py[i0:i1, None]                      # (rows, w, E)
-                    torch.add(pxy[None], emb_b[f0:f1, None, None],
-                              out=phase.view(f1 - f0, i1 - i0, d.TW, E))
-                    for col, fn in ((KX, torch.sin), (KX + E, torch.cos)):
-                        if precision == "tf32":
-                            a[:m, col:col + E].copy_(tf32_round(fn(phase)))
-                        else:
-                            fn(phase, out=a[:m, col:col + E])           # cast to bf16 on store
-            # 2. One GEMM, fp32 accumulation (bf16: result rounded to bf16 by torch).
-            if gemm_into_out and a.shape[0] == m:
-                y = torch.mm(a, wt_t, out=out[rows])
-            else:
-                y = torch.mm(a, wt_t)[:m]
-                if y.dtype != torch.float32:
-                    y = y.float()
-        # 3. Epilogue in place, fp32; cast once into `out`.
-        _epilogue_(y, rows, pre_add, pre_index, bias, act, gain, clamp, post_add, post_index, uint8)
-        if y.data_ptr() != out[rows].data_ptr():
-            out[rows].copy_(y)
+                a[:m, :KX].copy_(x_rows(rows))
+            gemm_epilogue(a, wt.t(), m, rows)
+        return out
+
+    # With the embedding (see "Trig-free embedding" in the module docstring): the operand
+    # [x | sin(X+Y) | cos(X+Y)] of a block of tile rows i0:i1 is the same for every frame; frame f
+    # multiplies it by its own folded weight [W_x | W'_sin(f) | W'_cos(f)]. Loops: frame groups
+    # (their folded weights, at most _TORCH_FOLD_BYTES), blocks of tile rows (the operand, built
+    # once per group, or once per call when one block holds the tile), frames (one GEMM each).
+    TH, TW, F = d.TH, d.TW, d.F
+    hw = TH * TW
+    step = TH if hw <= rows_per_chunk else max(1, rows_per_chunk // TW)
+    blocks = [(i0, min(TH, i0 + step)) for i0 in range(0, TH, step)]
+    max_rows = min(TH, step) * TW
+    buf = torch.empty((max(MIN_GEMM_ROWS, max_rows), Kp), dtype=cdt, device=dev)
+    buf[:, K:].zero_()
+    tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b)                 # (w, 2E), (h, 2E), (F, 2E)
+    group = max(1, min(F, _TORCH_FOLD_BYTES // (N * Kp * esize)))
+    wt = torch.empty((group, N, Kp), dtype=cdt, device=dev)
+    wt[:, :, K:].zero_()
+    if KX:
+        wt[:, :, :KX] = tf32_round(weight[:, :KX].float()) if precision == "tf32" else weight[:, :KX]
+    w_emb = weight[:, KX:].float()                                   # (N, 2E) [W_sin | W_cos]
+    tmp = torch.empty((2, max_rows, E), dtype=torch.float32, device=dev)
+    stage = (torch.empty((max_rows, 2 * E), dtype=torch.float32, device=dev)
+             if precision == "tf32" else None)
+    built = None
+    for g0 in range(0, F, group):
+        g1 = min(F, g0 + group)
+        folded = fold_frame_weights(w_emb, tb[g0:g1])               # (g, N, 2E) fp32
+        wt[:g1 - g0, :, KX:K] = tf32_round(folded) if precision == "tf32" else folded
+        del folded
+        for i0, i1 in blocks:
+            m = (i1 - i0) * TW
+            a = buf[:max(m, MIN_GEMM_ROWS)]
+            if built != (i0, i1):
+                # 1. Operand rows [. | sin(X+Y) | cos(X+Y) | 0] (m, Kp), at least MIN_GEMM_ROWS.
+                if m < a.shape[0]:
+                    a[m:].zero_()
+                dst = stage[:m] if stage is not None else a[:m, KX:K]
+                trig_operand_(tx, ty[i0:i1], dst[:, :E], dst[:, E:], tmp[:, :m])
+                if stage is not None:
+                    a[:m, KX:K].copy_(tf32_round(dst))
+                built = (i0, i1)
+            for f in range(g0, g1):
+                c0 = f * hw + i0 * TW
+                rows = slice(c0, c0 + m)
+                if KX:
+                    a[:m, :KX].copy_(x_rows(rows))
+                gemm_epilogue(a, wt[f - g0].t(), m, rows)
     return out
 
 
@@ -384,11 +507,18 @@ def _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_in
     if d.M == 0:
         return out
     cfg = _triton_config(d.KX, d.E, d.N, precision)
-    grid = (cdiv(d.M, cfg["BLOCK_M"]), cdiv(d.N, cfg["BLOCK_N"]))
+    # With the embedding, row tiles never straddle frames (each frame has its folded weights).
+    row_tiles = (d.F * cdiv(d.TH * d.TW, cfg["BLOCK_M"]) if d.E else cdiv(d.M, cfg["BLOCK_M"]))
+    grid = (row_tiles, cdiv(d.N, cfg["BLOCK_N"]))
     if grid[1] > 65535:
         raise ValueError(f"N = {d.N} needs more than 65535 column tiles")
+    if row_tiles > _INT32_MAX:
+        raise ValueError(f"{row_tiles} row tiles exceed the grid's 2^31 - 1")
     if d.E:
-        emb_A, emb_b, xs, ys = (t.contiguous() for t in (emb_A, emb_b, xs, ys))
+        # The tables and the folded weights: tiny torch ops once per call, outside the kernel
+        # (the same values the torch path uses).
+        tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b)             # (w, 2E), (h, 2E), (F, 2E)
+        wf = fold_frame_weights(weight[:, d.KX:].float(), tb)     # (F, N, 2E) contiguous
     if bias is not None:
         bias = bias.contiguous()
     dummy = out  # pointer for absent operands; never read (their HAS_* flag is off)
@@ -397,10 +527,9 @@ def _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_in
         dummy if x is None else x,
         dummy if x_index is None else x_index,
         weight,
-        dummy if not d.E else emb_A,
-        dummy if not d.E else emb_b,
-        dummy if not d.E else xs,
-        dummy if not d.E else ys,
+        dummy if not d.E else wf,
+        dummy if not d.E else tx,
+        dummy if not d.E else ty,
         dummy if pre_add is None else pre_add,
         dummy if pre_index is None else pre_index,
         dummy if bias is None else bias,
