@@ -18,9 +18,35 @@ import torch
 
 from digan.view import View
 
-from .request import RenderRequest, parse_size, seeds_from_text
+from .request import RenderRequest, parse_size
 
 VIDEO_EXTS = {".mp4", ".mkv", ".mov"}
+# Codec names as ffmpeg users type them (ffmpeg -c:v h264 ...) -> our encoder names.
+CODEC_ALIASES = {"h264": "libx264", "x264": "libx264", "avc": "libx264", "hevc": "libx265", "h265": "libx265",
+                 "x265": "libx265", "av1": "libsvtav1", "svtav1": "libsvtav1", "libsvt_av1": "libsvtav1",
+                 "nvenc": "h264_nvenc", "h264_nvenc": "h264_nvenc", "ffv1": "ffv1", "png": "png"}
+DEFAULT_CODEC = "libx264"
+# A render longer than this is a typo (--interpolate 1e9), not a video: 10M frames are 4 days at
+# 30 fps, and every frame costs a time-grid entry and a manifest range.
+MAX_FRAMES = 10_000_000
+MAX_VIDEOS = 10_000          # seeds per command (each is a file or a grid cell)
+SEED_LIMIT = 1 << 62         # seeds (and motion seed + 2^32) must fit torch's int64 manual_seed
+MAX_PIXELS = 1 << 28         # per frame, at the output; above, no encoder here opens (and RAM runs out)
+
+
+def _int_arg(text: str) -> int:
+    """argparse type: an integer, also written as a float that is one ('1e9', '4.0')."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not math.isfinite(x) or x != int(x):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    return int(x)
 
 
 def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> None:
@@ -28,30 +54,45 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
     g = p.add_argument_group("what to render")
     g.add_argument("--seeds", default="0", help="content seeds: '0', '0,5,9' or '0-7'; one video each")
     g.add_argument("--motion-seeds", default=None, help="motion seeds (same count as videos); default: from the content seed")
-    g.add_argument("--label", default=None, help="class label(s) for class-conditional models, e.g. '12' or '3,7'")
-    g.add_argument("--psi", type=float, default=1.0, help="truncation psi (1 = none)")
+    g.add_argument("--label", "--class", dest="label", default=None,
+                   help="class label(s) for class-conditional models, e.g. '12' or '3,7' (--class as in StyleGAN)")
+    g.add_argument("--psi", "--trunc", dest="psi", type=float, default=1.0,
+                   help="truncation psi (1 = none; --trunc as in the official scripts)")
     g.add_argument("--grid", choices=["seeds", "motion"], default=None,
                    help="one video holding a grid: 'seeds' = one cell per seed; 'motion' = the first seed's "
                         "content with each --motion-seeds motion (motion diversity)")
     g = p.add_argument_group("time")
-    g.add_argument("--frames", type=int, default=16, help="frames on the time grid [t-start, t-end]")
+    g.add_argument("--frames", type=_int_arg, default=16, help="frames on the time grid [t-start, t-end]")
     g.add_argument("--fps", type=float, default=16.0, help="frame rate of the output file")
     g.add_argument("--t-start", type=float, default=0.0, help="first time (training covered [0, 1])")
     g.add_argument("--t-end", type=float, default=1.0, help="last time; > 1 extrapolates")
-    g.add_argument("--interpolate", type=int, default=1, help="k: render (frames-1)*k+1 frames on the same range")
+    g.add_argument("--interpolate", type=_int_arg, default=1,
+                   help="k: render (frames-1)*k+1 frames on the same range")
     g = p.add_argument_group("space")
-    g.add_argument("--scale", type=int, default=1, help="super-resolution: every level sampled s x denser (R*s pixels)")
+    g.add_argument("--scale", type=_int_arg, default=1, help="super-resolution: every level sampled s x denser (R*s pixels)")
     g.add_argument("--zoom", type=float, default=None,
                    help="coordinate half-range: 1.5 renders [-1.5, 1.5) (zoom out); must fall on the base grid")
     g.add_argument("--crop", default=None, help="TOP,LEFT,HEIGHT,WIDTH in output pixels of the (zoomed) frame")
     g = p.add_argument_group("output")
-    g.add_argument("-o", "--output", required=True,
-                   help="video file (.mp4/.mkv/.mov) or a folder for PNG frames; '{seed}' is replaced per video")
-    g.add_argument("--codec", default="libx264", help="libx264, libx265, libsvtav1, ffv1 (lossless), h264_nvenc, png")
+    out = g.add_mutually_exclusive_group(required=True)
+    out.add_argument("-o", "--output", default=None,
+                     help="video file (.mp4/.mkv/.mov) or a folder for PNG frames; '{seed}' is replaced per video")
+    out.add_argument("--outdir", default=None,
+                     help="folder for one file per video, seed0000.mp4 ... (grid.mp4 with --grid), as the "
+                          "official scripts")
+    g.add_argument("--codec", default=None,
+                   help=f"libx264 (default; or h264), libx265 (hevc), libsvtav1 (av1), ffv1 (lossless, .mkv), "
+                        f"h264_nvenc, png (a folder)")
     g.add_argument("--crf", type=int, default=18, help="quality for x264/x265/svtav1 (lower = better)")
     g.add_argument("--preset", default="medium", help="encoder preset (x264: ultrafast..veryslow)")
-    g.add_argument("--segment-frames", type=int, default=64, help="frames per segment (GOP-aligned; resume unit)")
-    g.add_argument("--resume", action="store_true", help="reuse complete segments of the same request in the parts folder")
+    g.add_argument("--segment-frames", type=_int_arg, default=64, help="frames per segment (GOP-aligned; resume unit)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted render: reuse its complete segments in the parts folder")
+    ow = g.add_mutually_exclusive_group()
+    ow.add_argument("-y", "--overwrite", action="store_true",
+                    help="replace an existing output, and start over instead of resuming a parts folder")
+    ow.add_argument("-n", "--no-overwrite", action="store_true",
+                    help="never overwrite: refuse when an output exists (the default without -y)")
     g.add_argument("--preview", action="store_true", help="write a contact-sheet PNG beside the video")
     g.add_argument("--gif", action="store_true", help="with --preview, also write an animated GIF")
     g.add_argument("--encoder", choices=["auto", "native", "pyav"], default="auto",
@@ -66,38 +107,153 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
 
 # ---- request building and validation --------------------------------------------------------
 
+def _finite(option: str, value: Optional[float]) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number, got {value}")
+
+
+def check_numbers(args) -> None:
+    """Every numeric option, before anything is loaded or created."""
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.interpolate < 1:
+        raise ValueError(f"--interpolate must be an integer >= 1, got {args.interpolate}")
+    total = (args.frames - 1) * args.interpolate + 1
+    if total > MAX_FRAMES:
+        raise ValueError(f"--frames {args.frames} with --interpolate {args.interpolate} makes {total:,} frames; "
+                         f"at most {MAX_FRAMES:,} per render (split the time range over several renders)")
+    for option, value in (("--fps", args.fps), ("--psi/--trunc", args.psi), ("--t-start", args.t_start),
+                          ("--t-end", args.t_end), ("--zoom", args.zoom)):
+        _finite(option, value)
+    if args.fps <= 0:
+        raise ValueError(f"--fps must be positive, got {args.fps}")
+    if args.segment_frames < 1:
+        raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
+    if args.scale < 1:
+        raise ValueError(f"--scale must be a positive integer, got {args.scale}")
+    memory_budget(args.memory_budget)
+    check_device(args.device)
+
+
+def memory_budget(text: str) -> int:
+    try:
+        budget = parse_size(text)
+    except (ValueError, OverflowError):  # 'inf' overflows int()
+        raise ValueError(f"--memory-budget: cannot read a memory size from {text!r}; use e.g. 512M or 4G") from None
+    if budget <= 0:
+        raise ValueError(f"--memory-budget must be positive, got {text!r}")
+    return budget
+
+
+def check_device(text: Optional[str]) -> None:
+    if text is None:
+        return
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: CUDA is not available here (no GPU, driver or CUDA build of "
+                             "torch); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {text}: only cpu and cuda devices are supported")
+
+
+def int_list(text: Optional[str], option: str, limit: int = MAX_VIDEOS) -> Optional[List[int]]:
+    """'0,3,7', '0-7' or '0-3,9' -> ints in [0, 2^62); errors name the option.  Ranges are sized
+    before they are expanded ('0-1000000000000' is refused, not allocated)."""
+    if text is None:
+        return None
+    hint = f"{option} wants integers like '0', '0,5,9' or '0-7', got {text!r}"
+    out: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                cut = part.index("-", 1)
+                a, b = int(part[:cut]), int(part[cut + 1:])
+            else:
+                a = b = int(part)
+        except ValueError:
+            raise ValueError(hint) from None
+        if b < a:
+            raise ValueError(f"{option}: the range {part!r} is empty")
+        if a < 0 or b >= SEED_LIMIT:
+            raise ValueError(f"{option}: {part!r} is outside [0, 2^62)")
+        if len(out) + (b - a + 1) > limit:
+            raise ValueError(f"{option} {text!r} gives more than {limit:,} values")
+        out.extend(range(a, b + 1))
+    if not out:
+        raise ValueError(hint)
+    return out
+
+
 def build_view(args, cfg) -> View:
     if args.scale < 1:
         raise ValueError(f"--scale must be a positive integer, got {args.scale}")
     if args.zoom is not None:
+        _finite("--zoom", args.zoom)
         if args.zoom <= 0:
             raise ValueError(f"--zoom must be positive, got {args.zoom}")
+        if args.zoom > 1024:  # the base grid would hold millions of pixels a side
+            raise ValueError(f"--zoom {args.zoom} is too far out (at most 1024)")
         view = View.from_range(cfg.img_resolution, cfg.input_resolution, -args.zoom, args.zoom, args.scale)
     else:
         view = View(scale=args.scale)
+    H, W = view.output_size(cfg.img_resolution)
     if args.crop:
         try:
             top, left, h, w = (int(v) for v in args.crop.split(","))
         except ValueError:
             raise ValueError(f"--crop wants TOP,LEFT,HEIGHT,WIDTH integers, got {args.crop!r}") from None
-        H, W = view.output_size(cfg.img_resolution)
         if h < 1 or w < 1 or top < 0 or left < 0 or top + h > H or left + w > W:
             raise ValueError(f"--crop {args.crop} does not fit inside the {H}x{W} frame")
         view = View(scale=view.scale, top=view.top + top, left=view.left + left, height=h, width=w)
+        H, W = h, w
+    if H * W > MAX_PIXELS:
+        raise ValueError(f"frames of {W}x{H} are too large (more than {MAX_PIXELS:,} pixels; no encoder here "
+                         "takes them): use a lower --scale or --zoom, or --crop a part")
     return view
 
 
-def _ints(text: Optional[str]) -> Optional[List[int]]:
-    return None if text is None else seeds_from_text(text)
+def resolve_codec(path: str, codec: Optional[str]) -> Tuple[str, bool]:
+    """(codec, png) for an output path: the extension promises a format, and nothing else is
+    written — '.avi', '.webm', '.gif' or a video codec into a folder are refused, not turned into
+    PNG folders."""
+    name = CODEC_ALIASES.get(codec.lower(), codec) if codec is not None else None
+    folder = path.endswith(("/", os.sep)) or os.path.isdir(path)
+    suffix = "" if folder else os.path.splitext(path)[1].lower()
+    if name == "png":
+        if suffix in VIDEO_EXTS:
+            raise ValueError(f"--codec png writes a folder of PNG frames, but {path!r} names a video file: drop "
+                             "the extension, or choose a video codec")
+        if suffix:
+            raise ValueError(f"--codec png writes a folder of PNG frames; {path!r} looks like a file ({suffix}): "
+                             "give a folder (no extension, or a trailing /)")
+        return "png", True
+    if suffix in VIDEO_EXTS:
+        return name or DEFAULT_CODEC, False
+    if not suffix:
+        if name is None:
+            return "png", True  # documented: a folder gets PNG frames
+        raise ValueError(f"--codec {codec} writes a video file, but {path!r} is a folder name: give a file ending "
+                         "in .mp4, .mkv or .mov (a folder gets PNG frames with --codec png)")
+    raise ValueError(f"output {path!r}: no encoder here writes {suffix} files; use .mp4, .mkv or .mov "
+                     "(or a folder for PNG frames; --preview --gif adds an animated GIF beside a video)")
 
 
 def build_requests(args, cfg) -> List[Tuple[str, RenderRequest, Tuple[int, int]]]:
     """[(output path, request, grid shape (rows, cols))] — one per output file."""
     view = build_view(args, cfg)
-    seeds = seeds_from_text(args.seeds)
-    motion = _ints(args.motion_seeds)
-    labels = _ints(args.label)
-    budget = parse_size(args.memory_budget)
+    seeds = int_list(args.seeds, "--seeds")
+    motion = int_list(args.motion_seeds, "--motion-seeds")
+    labels = int_list(args.label, "--label/--class")
+    budget = memory_budget(args.memory_budget)
     common = dict(psi=args.psi, frames=args.frames, t_start=args.t_start, t_end=args.t_end,
                   interpolate=args.interpolate, view=view, precision=args.precision, memory_budget=budget,
                   backend=args.backend, device=args.device)
@@ -109,18 +265,27 @@ def build_requests(args, cfg) -> List[Tuple[str, RenderRequest, Tuple[int, int]]
         seeds = [seeds[0]] * len(motion)
         if labels is not None:
             labels = labels[:1] * len(motion)
+    output = args.output
+    if output is None:  # --outdir, as the official scripts: one file per seed
+        codec = CODEC_ALIASES.get((args.codec or "").lower(), args.codec)
+        ext = {"png": "", "ffv1": ".mkv"}.get(codec, ".mp4")  # a container the codec fits
+        output = os.path.join(args.outdir, "grid" + ext if args.grid else "seed{seed04}" + ext)
     if args.grid:
         n = len(seeds)
         cols = math.ceil(math.sqrt(n))
         rows = math.ceil(n / cols)
         req = RenderRequest(seeds=seeds, motion_seeds=motion, labels=labels, **common)
-        return [(args.output.replace("{seed}", "grid"), req, (rows, cols))]
+        return [(output.replace("{seed}", "grid"), req, (rows, cols))]
     if motion is not None and len(motion) != len(seeds):
-        raise ValueError(f"{len(motion)} motion seeds for {len(seeds)} videos")
+        raise ValueError(f"{len(motion)} motion seeds (--motion-seeds) for {len(seeds)} videos (--seeds)")
+    if labels is not None and len(labels) != len(seeds):
+        raise ValueError(f"{len(labels)} labels (--label/--class) for {len(seeds)} videos (--seeds)")
     out = []
     for k, seed in enumerate(seeds):
-        path = args.output
-        if "{seed}" in path:
+        path = output
+        if "{seed04}" in path:
+            path = path.replace("{seed04}", f"{seed:04d}")
+        elif "{seed}" in path:
             path = path.replace("{seed}", str(seed))
         elif len(seeds) > 1:
             stem, ext = os.path.splitext(path)
@@ -128,17 +293,42 @@ def build_requests(args, cfg) -> List[Tuple[str, RenderRequest, Tuple[int, int]]
         req = RenderRequest(seeds=[seed], motion_seeds=None if motion is None else [motion[k]],
                             labels=None if labels is None else [labels[k]], **common)
         out.append((path, req, (1, 1)))
+    if len({p for p, _, _ in out}) != len(out):
+        raise ValueError(f"the output {output!r} gives the same file for several seeds: put '{{seed}}' in it")
     return out
 
 
-def model_id(checkpoint: Optional[str], desc: str) -> str:
+def model_fingerprint(G) -> str:
+    """sha256 of every tensor of the generator (names, dtypes, shapes, bytes): the model's identity
+    for resuming, whatever file, format or description it came from — a replaced default model
+    is a different model even though its description is the same."""
+    h = hashlib.sha256()
+    for name, t in sorted(G.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_id(checkpoint: Optional[str], desc: str, G=None) -> str:
+    """The model's identity (see `model_fingerprint`); kept for callers that pass a checkpoint."""
+    if G is not None:
+        return model_fingerprint(G)
     if checkpoint is None:
-        return desc
+        raise ValueError("model_id needs the generator when there is no checkpoint file")
     h = hashlib.sha256()
     with open(checkpoint, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def output_exists(path: str, png: bool) -> bool:
+    """An output that -y would replace: a file, or a folder with PNG frames in it."""
+    if png:
+        return os.path.isdir(path) and any(n.endswith(".png") for n in os.listdir(path)) \
+            or (os.path.exists(path) and not os.path.isdir(path))
+    return os.path.lexists(path)
 
 
 # ---- progress ---------------------------------------------------------------------------------
@@ -194,7 +384,31 @@ def grid_frames(renderer, grid: Tuple[int, int], start: int, end: int) -> Iterat
         yield from canvas
 
 
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM) turned into the same clean stop as Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _resume_hint(writers) -> str:
+    kept = []
+    for w in writers:
+        try:
+            n = len(w.finished_segments()) if os.path.isdir(w.parts_dir) else 0
+        except ValueError:
+            n = 0
+        if n:
+            kept.append(f"{n} of {len(w.segments)} segments of {w.out_path} are kept in {w.parts_dir}")
+    if not kept:
+        return "nothing was finished"
+    return "; ".join(kept) + ": run the same command with --resume to continue"
+
+
 def cmd_render(args) -> int:
+    """Check everything (numbers, device, model, labels, outputs, encoder, parts folders), then
+    render; nothing is created on disk before every check has passed."""
     from digan.default import load_or_default
 
     from .executor import Renderer
@@ -202,12 +416,7 @@ def cmd_render(args) -> int:
     from .segments import SegmentedWriter
     from .sink import validate_sink_args
 
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    if args.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
-    if args.segment_frames < 1:
-        raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
+    check_numbers(args)
     # torchrun: rank r renders segments r, r + W, ...; rank 0 joins them after a barrier.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
@@ -219,70 +428,100 @@ def cmd_render(args) -> int:
         args.quiet = args.quiet or rank != 0
     G, desc = load_or_default(args.checkpoint)
     jobs = build_requests(args, G.cfg)
-    mid = model_id(args.checkpoint, desc)
-    # Validate every output before rendering anything.
-    renderers = []
+    mid = model_fingerprint(G)
+    # Validate every output before rendering (or creating) anything.
+    planned = []
     for path, req, grid in jobs:
+        cfg = G.cfg
+        try:
+            req.codes(cfg.z_dim, cfg.w_dim, cfg.c_dim)  # labels against the model (c_dim)
+        except ValueError as exc:
+            raise ValueError(f"--label/--class: {exc}") from None
+        codec, png = resolve_codec(path, args.codec)
         renderer = Renderer(G, req)
         W = renderer.W * grid[1]
         H = renderer.H * grid[0]
-        png = args.codec == "png" or Path(path).suffix.lower() not in VIDEO_EXTS
-        validate_sink_args(path, W, H, args.fps, codec="png" if png else args.codec, backend="png" if png else args.encoder)
-        renderers.append((path, req, grid, renderer, W, H, png))
-    if not args.quiet:
-        print(f"model: {desc}", file=sys.stderr)
-    for path, req, grid, renderer, W, H, png in renderers:
-        T = renderer.plan.num_frames
+        validate_sink_args(path, W, H, args.fps, codec=codec, crf=None if png else args.crf,
+                           preset=None if png else args.preset, backend="png" if png else args.encoder)
+        if output_exists(path, png) and (args.no_overwrite or not args.overwrite) and rank == 0:
+            raise ValueError(f"{path} already exists: pass -y/--overwrite to replace it, or choose another "
+                             "output path" + (" (-n: never overwrite)" if args.no_overwrite else ""))
+        planned.append((path, req, grid, renderer, W, H, codec, png))
+    writers = []
+    try:
+        for path, req, grid, renderer, W, H, codec, png in planned:
+            T = renderer.plan.num_frames
+            settings = dict(codec=codec, crf=args.crf, preset=args.preset, fps=args.fps, width=W, height=H,
+                            segment_frames=args.segment_frames, grid=list(grid))
+            key = hashlib.sha256((req.content_hash(mid) + repr(sorted(settings.items()))).encode()).hexdigest()[:24]
+            writers.append(SegmentedWriter(
+                path, request_hash=key, total_frames=T, width=W, height=H, fps=args.fps, codec=codec,
+                crf=None if png else args.crf, preset=None if png else args.preset,
+                segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite and not args.resume,
+                backend=args.encoder, rank=rank, world_size=world))
         if not args.quiet:
-            print(f"{path}: {W}x{H}, {T} frames at {args.fps:g} fps, {renderer.backend} backend on "
-                  f"{renderer.device}, {req.precision}; plan: {renderer.plan.describe()}", file=sys.stderr)
-        progress = Progress(T, Path(path).name, args.quiet)
-        codec = "png" if png else args.codec
-        settings = dict(codec=codec, crf=args.crf, preset=args.preset, fps=args.fps, width=W, height=H,
-                        segment_frames=args.segment_frames, grid=list(grid))
-        key = hashlib.sha256((req.content_hash(mid) + repr(sorted(settings.items()))).encode()).hexdigest()[:24]
-        writer = SegmentedWriter(path, request_hash=key, total_frames=T, width=W, height=H, fps=args.fps,
-                                 codec=codec, crf=args.crf, preset=args.preset, segment_frames=args.segment_frames,
-                                 resume=args.resume, backend=args.encoder, rank=rank, world_size=world)
-        pending = writer.pending_segments()
-        skipped = T - sum(e - s for _, s, e in pending)
-        if skipped:
-            progress.update(skipped)
-            if not args.quiet:
-                print(f"resume: {skipped} frames already rendered in complete segments", file=sys.stderr)
-
-        wanted = set(sample_indices(T)) if args.preview else set()
-        gif_every = max(1, T // 64)  # a GIF of at most ~64 frames
-        captured, gif_frames = {}, {}
-
-        def counted(frames, start):
-            for i, fr in enumerate(frames, start):
-                if i in wanted:
-                    captured[i] = fr.copy()
-                if args.gif and i % gif_every == 0:
-                    gif_frames[i] = fr.copy() if i not in captured else captured[i]
-                yield fr
-                progress.update(1)
-
-        for index, s, e in pending:
-            writer.write_segment(index, counted(grid_frames(renderer, grid, s, e), s))
-        if world > 1:
-            torch.distributed.barrier()
-            if rank != 0:
-                continue
-        final = writer.finalize()
-        if not args.quiet:
-            print(f"wrote {final}", file=sys.stderr)
-        if args.preview:
-            # Frames in segments reused by --resume were not seen: render just those.
-            for i in sorted(wanted - set(captured)):
-                captured[i] = next(grid_frames(renderer, grid, i, i + 1))
-            if args.gif and len(gif_frames) * gif_every < T:
-                for i in range(0, T, gif_every):
-                    if i not in gif_frames:
-                        gif_frames[i] = next(grid_frames(renderer, grid, i, i + 1))
-            sheet = write_preview(final, captured, gif=args.gif, fps=args.fps / gif_every,
-                                  gif_frames=[gif_frames[k] for k in sorted(gif_frames)])
-            if not args.quiet:
-                print(f"preview: {', '.join(str(p) for p in sheet)}", file=sys.stderr)
+            print(f"model: {desc} (sha256 {mid[:12]})", file=sys.stderr)
+        for (path, req, grid, renderer, W, H, codec, png), writer in zip(planned, writers):
+            _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, sample_indices, write_preview)
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Interrupted) else "interrupted"
+        print(f"digan render: {how}: {_resume_hint(writers)}", file=sys.stderr)
+        return 128 + (exc.signum if isinstance(exc, Interrupted) else 2)
+    finally:
+        for w in writers:
+            w.close()
     return 0
+
+
+def _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, sample_indices, write_preview) -> None:
+    T = renderer.plan.num_frames
+    if not args.quiet:
+        print(f"{path}: {W}x{H}, {T} frames at {args.fps:g} fps, {renderer.backend} backend on "
+              f"{renderer.device}, {req.precision}; plan: {renderer.plan.describe()}", file=sys.stderr)
+    mine = sum(s.frames for s in writer.my_segments())  # this rank's frames (all of them in one process)
+    progress = Progress(mine, Path(path).name, args.quiet)
+    pending = writer.pending_segments()
+    skipped = mine - sum(e - s for _, s, e in pending)
+    if writer.reencode and not args.quiet:
+        print(f"resume: segment(s) {writer.reencode[:10]} were encoded by another encoder build; encoding them "
+              "again so that all segments join", file=sys.stderr)
+    if skipped:
+        progress.update(skipped)
+        if not args.quiet:
+            print(f"resume: {skipped} frames already rendered in complete segments", file=sys.stderr)
+
+    wanted = set(sample_indices(T)) if args.preview else set()
+    gif_every = max(1, T // 64)  # a GIF of at most ~64 frames
+    captured, gif_frames = {}, {}
+
+    def counted(frames, start):
+        for i, fr in enumerate(frames, start):
+            if i in wanted:
+                captured[i] = fr.copy()
+            if args.gif and i % gif_every == 0:
+                gif_frames[i] = fr.copy() if i not in captured else captured[i]
+            yield fr
+            progress.update(1)
+
+    for index, s, e in pending:
+        writer.write_segment(index, counted(grid_frames(renderer, grid, s, e), s))
+    if world > 1:
+        torch.distributed.barrier()
+        if rank != 0:
+            writer.close()
+            return
+    final = writer.finalize()
+    if not args.quiet:
+        print(f"wrote {final}", file=sys.stderr)
+    if args.preview:
+        # Frames in segments reused by --resume were not seen: render just those.
+        for i in sorted(wanted - set(captured)):
+            captured[i] = next(grid_frames(renderer, grid, i, i + 1))
+        if args.gif and len(gif_frames) * gif_every < T:
+            for i in range(0, T, gif_every):
+                if i not in gif_frames:
+                    gif_frames[i] = next(grid_frames(renderer, grid, i, i + 1))
+        sheet = write_preview(final, captured, gif=args.gif, fps=args.fps / gif_every,
+                              gif_frames=[gif_frames[k] for k in sorted(gif_frames)])
+        if not args.quiet:
+            print(f"preview: {', '.join(str(p) for p in sheet)}", file=sys.stderr)

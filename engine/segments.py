@@ -201,7 +201,12 @@ def concat_segments(paths: List[str], starts: List[int], counts: List[int], fps:
             with av.open(path) as inp:
                 ist = inp.streams.video[0]
                 if ost is None:
-                    ost = out.add_stream_from_template(ist)
+                    try:
+                        ost = out.add_stream_from_template(ist)
+                    except av.codec.codec.UnknownCodecError:
+                        # PyAV looks for an *encoder* named like the decoder (libdav1d for AV1):
+                        # copy the parameters without one.
+                        ost = out.add_stream_from_template(ist, opaque=True)
                     tag = ist.codec_context.codec_tag.strip("\x00 ")
                     if container in ("mp4", "mov") and tag:
                         ost.codec_context.codec_tag = tag  # keep e.g. hvc1 (the muxer would pick hev1)

@@ -378,11 +378,49 @@ def make_spec(path, width: int, height: int, fps, codec: str = "libx264", crf: O
     if os.path.isdir(path):
         raise SinkConfigError(f"output {path!r} is a folder: give a file name like {path.rstrip('/')}/out.mp4")
     resolved = _resolve_backend(backend, codec)
+    opts = codec_options(codec, crf, preset, gop)
+    if width * height > PROBE_PIXELS or max(width, height) > PROBE_SIDE:
+        _probe_encoder(resolved, codec, width, height, fps, pix_fmt, input_format, opts, muxer)
     if check_folder:
         check_writable_dir(os.path.dirname(path) or ".")
     fmt_opts: Dict[str, str] = {}
     return SinkSpec(path, width, height, fps, codec, crf, preset, gop, muxer, resolved, int(queue_size),
-                    input_format, pix_fmt, codec_options(codec, crf, preset, gop), fmt_opts)
+                    input_format, pix_fmt, opts, fmt_opts)
+
+
+# Every encoder here opens frames up to 4096x4096; above, limits differ per encoder and build
+# (x264 16254^2, x265 11940^2, ffv1 14528^2 measured with PyAV's FFmpeg), so the encoder itself
+# is asked by opening it once at the real size (milliseconds for x264; only for large frames).
+PROBE_PIXELS = 4096 * 4096
+PROBE_SIDE = 4096
+
+
+def _probe_encoder(backend: str, codec: str, width: int, height: int, fps: Fraction, pix_fmt: str,
+                   input_format: str, opts: Dict[str, str], muxer: str) -> None:
+    """Open the encoder at width x height and close it; SinkConfigError if it refuses."""
+    try:
+        if backend == "native":
+            mod = _native_import()[0]
+            folder = tempfile.mkdtemp(prefix="digan-probe-")
+            try:
+                stream = mod.FrameStream(os.path.join(folder, "probe" + _EXT_BY_CONTAINER[muxer]), width, height,
+                                         fps.numerator, fps.denominator, codec, muxer, pix_fmt, input_format,
+                                         dict(opts), {}, 0, 1)
+                stream.abort()
+            finally:
+                import shutil
+                shutil.rmtree(folder, ignore_errors=True)
+        else:
+            av = _pyav_import()[0]
+            cc = av.CodecContext.create(codec, "w")
+            cc.width, cc.height, cc.pix_fmt, cc.time_base = width, height, pix_fmt, 1 / fps
+            cc.options = dict(opts)
+            cc.open()
+    except (SinkConfigError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the encoder's own refusal, whatever its type
+        raise SinkConfigError(f"{codec} refuses frames of {width}x{height} ({exc}): render smaller (a lower "
+                              "--scale, --crop) or choose another codec") from None
 
 
 def validate_sink_args(path, width: int, height: int, fps, codec: str = "libx264", crf: Optional[int] = None,

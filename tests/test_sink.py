@@ -320,3 +320,14 @@ def test_available_codecs_and_versions():
         from engine import _framestream as fs
         assert versions["native"] == fs.libavcodec_version()
         assert {"libx264", "ffv1"} <= set(fs.available_codecs())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frames_larger_than_the_encoder_takes_are_refused_up_front(tmp_path, backend):
+    """Above 4096 a side the encoder is opened once at the real size: x264 takes 8192x8192 but
+    not 16384x16384 (FFmpeg's picture-size limit) nor 20000 wide (x264's own 16384 limit)."""
+    make_spec(tmp_path / "ok.mp4", 8192, 8192, 24, codec="libx264", backend=backend)
+    for w, h in ((16384, 16384), (20000, 64)):
+        with pytest.raises(SinkConfigError, match=f"libx264 refuses frames of {w}x{h}.*render smaller"):
+            make_spec(tmp_path / "big.mp4", w, h, 24, codec="libx264", backend=backend)
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing in the output folder
