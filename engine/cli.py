@@ -53,6 +53,14 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new option's dest and warns on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stderr.write(f"{parser.prog}: warning: {option_string} is deprecated, use --{self.dest}\n")
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="digan", description="Render and train DIGAN video generators.",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EXAMPLES)
@@ -70,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="architecture, parameter count, FLOPs per frame")
     _add_model_args(p)
-    p.add_argument("--preset", default=None, help="describe a preset architecture instead of a checkpoint "
-                                                  "(digan-128, digan-128-ucf101, small-64, tiny-64, tiny-32)")
+    p.add_argument("--arch", default=None, help="describe a preset architecture instead of a checkpoint "
+                                                "(digan-128, digan-128-ucf101, small-64, tiny-64, tiny-32)")
+    p.add_argument("--preset", dest="arch", action=_DeprecatedAlias, default=argparse.SUPPRESS,
+                   help="deprecated spelling of --arch")
     p.add_argument("--scale", type=int, default=1, help="super-resolution factor for the FLOP count")
     p.add_argument("--zoom", type=float, default=None, help="coordinate half-range for the FLOP count")
 
@@ -111,12 +121,12 @@ def cmd_info(args) -> int:
     from digan.view import View
 
     from .flops import frame_work
-    if args.preset is not None:
+    if args.arch is not None:
         if args.checkpoint is not None:
-            raise ValueError("give either --checkpoint or --preset, not both")
+            raise ValueError("give either --checkpoint or --arch, not both")
         with torch.device("meta"):  # shapes only: no memory, no weights
-            G = Generator(generator_preset(args.preset))
-        desc = f"preset {args.preset} (architecture only, no weights)"
+            G = Generator(generator_preset(args.arch))
+        desc = f"preset {args.arch} (architecture only, no weights)"
     else:
         G, desc = load_or_default(args.checkpoint)
     cfg = G.cfg
