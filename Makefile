@@ -1,19 +1,27 @@
 # Two commands on a fresh machine (see README): `make render` and `make test`.
 # Each installs what it needs first: Debian's FFmpeg dev libraries for the native encoder, the
-# pinned CPU torch wheel (any other torch spec pulls gigabytes of CUDA packages), then this repo.
+# Python packages pinned in requirements.txt (the one list; it pins the CPU torch wheel: any other
+# torch spec pulls gigabytes of CUDA packages), then this repo. Any interpreter works, e.g. a
+# virtual environment's: `make test PY=venv/bin/python` (what .ci/run does).
 PY ?= python3
 PIP := $(PY) -m pip
+REQUIREMENTS := requirements.txt
 APT_PKGS := pkg-config libavcodec-dev libavformat-dev libswscale-dev
-PY_PKGS := torch==2.13.0 triton numpy av safetensors pybind11 pytest pytest-benchmark
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-STAMP := build/.deps-stamp
+# One stamp per interpreter (its prefix and version): another python, or a new virtual
+# environment, must not find an old stamp and skip its installs.
+PY_ID := $(shell $(PY) -c 'import hashlib, sys; print(hashlib.sha1((sys.prefix + sys.version).encode()).hexdigest()[:12])' 2>/dev/null)
+ifeq ($(PY_ID),)
+$(error PY=$(PY) is not a working Python interpreter)
+endif
+STAMP := build/.deps-stamp-$(PY_ID)
 
-.PHONY: deps render test bench clean
+.PHONY: deps render test test-fast lint bench clean
 
-$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h) Makefile
+$(STAMP): $(REQUIREMENTS) setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h) Makefile
 	@if command -v apt-get >/dev/null && ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PKGS); fi
-	$(PIP) install -q $(PY_PKGS)
+	$(PIP) install -q -r $(REQUIREMENTS)
 	$(PIP) install -q --no-build-isolation -e .
 	$(PY) setup.py -q build_ext --inplace
 	@mkdir -p build && touch $(STAMP)
@@ -26,6 +34,14 @@ render: deps
 
 test: deps
 	$(PY) -m pytest -q
+
+# The edit loop: everything not marked slow (the full suite is `make test`).
+test-fast: deps
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff (pinned in requirements.txt; rules in pyproject.toml). Reports only; fixes nothing.
+lint: deps
+	$(PY) -m ruff check .
 
 bench: deps
 	$(PY) -m pytest -q bench/ --benchmark-only --benchmark-enable

@@ -3,6 +3,7 @@ development libraries are found through pkg-config) the native frame-stream exte
 `engine._framestream` from csrc/.  Without FFmpeg the extension is skipped with a message and the
 pure-Python PyAV sink is used instead; set DIGAN_REQUIRE_NATIVE=1 to make that an error."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,26 @@ import sys
 from setuptools import find_packages, setup
 
 FFMPEG_LIBS = ["libavcodec", "libavformat", "libavutil", "libswscale"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _requirements():
+    """{package name: its line} of requirements.txt, the one list of pinned third-party packages
+    (the Makefile and .ci/run install from the same file)."""
+    reqs = {}
+    with open(os.path.join(HERE, "requirements.txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                reqs[re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].lower()] = line
+    return reqs
+
+
+REQUIREMENTS = _requirements()
+
+
+def _pins(*names):
+    return [REQUIREMENTS[n] for n in names]
 
 
 def _pkg_config(flag):
@@ -52,8 +73,10 @@ setup(
     packages=find_packages(include=["digan", "digan.*", "engine", "engine.*", "kernels", "kernels.*"]),
     package_data={"digan": ["assets/*.safetensors"]},
     python_requires=">=3.10",
-    install_requires=["torch", "numpy", "safetensors"],
-    extras_require={"video": ["av"], "triton": ["triton"]},
+    install_requires=_pins("torch", "numpy", "safetensors", "tqdm", "pillow"),
+    extras_require={"video": _pins("av"), "triton": _pins("triton"),
+                    "test": _pins("pytest", "pytest-benchmark", "scipy", "matplotlib", "av", "triton"),
+                    "lint": _pins("ruff")},
     ext_modules=native_extensions(),
     entry_points={"console_scripts": ["digan=engine.cli:main"]},
 )
