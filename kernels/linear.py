@@ -27,12 +27,13 @@ per call with torch. Tables, operand and folded weights are elementwise with a f
 FMA), so their bits do not depend on the tile, and the two backends use the very same values.
 
 Error against the exact statement (sin/cos of the exact A0*x + A1*y + b of the fp32 inputs), per
-frequency, with u = 2^-24: table entries <= u/2; operand entries <= (sqrt2 + 1.5) u = 2.9 u
-(table errors times |sin|+|cos| <= sqrt2, two product and one sum roundings); folded weights
-<= 1.5 u (|W_sin| + |W_cos|); so one frequency's contribution is off by <= (2.9 sqrt2 +
-1.5 sqrt2) u (|W_sin| + |W_cos|) = 6.3 u per unit weight, before the GEMM's own summation error.
-The fp32 statement it replaces rounds the phase twice: at |phase| ~ 10 that is up to ulp(8) =
-9.5e-7 = 16 u of phase error, at ~30 up to 32 u (and the direct sin/cos adds ~1 u). Measured at the
+frequency, with u = 2^-24 (rounding a value below 1 in magnitude costs <= u/2): table entries
+<= u/2; operand entries <= (sqrt2 + 2) u = 3.4 u (table errors times |sin|+|cos| <= sqrt2, u/2 for
+each product, u for the sum); folded weights <= 2.5 u (|W_sin| + |W_cos|) (tables u/2, products
+and sum u relative each); so one frequency's contribution is off by <= (3.4 + 2.5) sqrt2 u =
+8.4 u per unit of |W_sin| + |W_cos|, before the GEMM's own summation error. The fp32 statement it
+replaces rounds the phase twice: at |phase| ~ 10 that is up to ulp(8) = 9.5e-7 = 16 u of phase
+error, at ~30 up to 32 u (and the direct sin/cos adds ~1 u). Measured at the
 official small-64 fixture's phases (|phase| <= 10.9, 128 x 128 grid, 16 frames): operand max error
 2.3 u, sin/cos(X+Y+B) by angle addition (the backward's operand) 3.8 u, the old sin/cos of the
 fp32 phase 20 u; e @ W^T with exact sums, max |err| / sum|w|: 0.33 u new vs 0.82 u old, relative
