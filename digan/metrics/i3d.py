@@ -274,12 +274,13 @@ def _as_uint8_tensor(videos) -> torch.Tensor:
 
 
 @torch.no_grad()
-def i3d_features(model: InceptionI3d, videos, batch_size: int = 16, resize: bool = True) -> torch.Tensor:
+def i3d_features(model: InceptionI3d, videos, batch_size: int = 16, resize: bool = True,
+                 resolution: int = I3D_RESOLUTION) -> torch.Tensor:
     """uint8 videos (N, T, H, W, 3), numpy or torch -> float32 features (N, 400) on the CPU.
 
     Clips go to the model's device in batches of `batch_size` (preprocessing runs there too, so
     only uint8 crosses the bus).  T must be at least 9 at the protocol's 224 (the time axis is
-    strided 8x)."""
+    strided 8x).  resolution other than 224 (benchmarks at a reduced size) is not DIGAN's FVD."""
     videos = _as_uint8_tensor(videos)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -287,7 +288,7 @@ def i3d_features(model: InceptionI3d, videos, batch_size: int = 16, resize: bool
     model.eval()
     out: List[torch.Tensor] = []
     for i in range(0, len(videos), batch_size):
-        x = preprocess(videos[i:i + batch_size].to(device, non_blocking=True), resize=resize)
+        x = preprocess(videos[i:i + batch_size].to(device, non_blocking=True), resolution, resize=resize)
         out.append(model(x).float().cpu())
     if not out:
         return torch.zeros(0, model.num_classes)

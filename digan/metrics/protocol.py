@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .distances import frechet_distance, kernel_distance
-from .i3d import InceptionI3d, file_sha256, i3d_features, load_i3d
+from .i3d import I3D_RESOLUTION, InceptionI3d, file_sha256, i3d_features, load_i3d
 
 PathLike = Union[str, os.PathLike]
 
@@ -168,6 +168,7 @@ class Evaluator:
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.batch_size, self.gen_batch_size, self.progress = batch_size, gen_batch_size, progress
         self._memory: Dict[str, torch.Tensor] = {}
+        self.i3d_resolution = I3D_RESOLUTION  # 224 is DIGAN's; benchmarks may lower it (not an FVD then)
 
     # -- features -------------------------------------------------------------------------------
     def _bar(self, total: int, desc: str):
@@ -180,13 +181,13 @@ class Evaluator:
         out = []
         with self._bar(total, desc) as bar:
             for batch in clips:
-                out.append(i3d_features(self.i3d, batch, batch_size=self.batch_size))
+                out.append(i3d_features(self.i3d, batch, batch_size=self.batch_size, resolution=self.i3d_resolution))
                 bar.update(len(batch))
         return torch.cat(out)
 
     def real_key(self, dataset, protocol: Protocol, trial: int) -> str:
         blob = json.dumps([_CACHE_VERSION, dataset_fingerprint(dataset), protocol.num_videos, protocol.frames,
-                           protocol.trial_seeds(trial)["real"], self.detector_hash])
+                           protocol.trial_seeds(trial)["real"], self.detector_hash, self.i3d_resolution])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def real_features(self, dataset, protocol: Protocol, trial: int) -> torch.Tensor:
