@@ -479,12 +479,14 @@ def test_custom_op_fake_shapes():
     assert out.shape == (6, 3) and out.dtype == torch.float32
 
 
+@pytest.mark.slow   # ~5 s: torch.library.opcheck / torch.compile tracing, not the kernel math
 @needs_triton
 def test_custom_op_opcheck():
     kw = to_device(_good(), device_for("triton"))
     torch.library.opcheck(torch.ops.digan.fmm_linear.default, _op_args(kw))
 
 
+@pytest.mark.slow   # ~5 s: torch.library.opcheck / torch.compile tracing, not the kernel math
 @needs_triton
 def test_torch_compile_traces_the_op():
     """torch.compile(fullgraph=True) traces through the dispatch and the custom ops (fake impls)."""
