@@ -186,20 +186,30 @@ def _precision_of(constexprs: dict) -> str:
     return "fp32"     # no operand-precision switch: the kernel computes in fp32
 
 
+def _constexprs(kernel) -> dict:
+    """{name: value} of the compiled kernel's constexprs (plain values only)."""
+    src = getattr(kernel, "src", None)
+    out = {}
+    if src is None:
+        return out
+    names = list(src.signature)
+    for path, v in (getattr(src, "constants", None) or getattr(src, "constexprs", {})).items():
+        k = path[0] if isinstance(path, tuple) else path
+        name = names[k] if isinstance(k, int) and k < len(names) else str(k)
+        if isinstance(v, (bool, int, float, str)):
+            out[name] = v
+    return out
+
+
 def analyse(kernel, arch: int, ptxas_log: Optional[str]) -> Record:
     """Record of one compiled kernel (a triton CompiledKernel)."""
     md = kernel.metadata
     ptx = kernel.asm["ptx"]
     src = getattr(kernel, "src", None)
-    constexprs = {}
+    constexprs = _constexprs(kernel)
     spec = ""
     if src is not None:
         names = list(src.signature)
-        for path, v in (getattr(src, "constants", None) or getattr(src, "constexprs", {})).items():
-            k = path[0] if isinstance(path, tuple) else path
-            name = names[k] if isinstance(k, int) and k < len(names) else str(k)
-            if isinstance(v, (bool, int, float, str)):
-                constexprs[name] = v
         attrs = getattr(src, "attrs", {})
         spec = ";".join(f"{names[p[0]] if isinstance(p, tuple) and p[0] < len(names) else p}:"
                         f"{''.join(str(x) for x in a)}" for p, a in sorted(attrs.items(), key=str))
@@ -306,6 +316,10 @@ def stand_in_gpu(capture: _Capture) -> Iterator[None]:
 
     patched = [(m, "resolve_backend", resolve) for m in (k_lin, k_lbw, k_mod, k_mbw, k_rgb)]
     patched.append((ex, "interpreter_enabled", lambda: True))
+    if hasattr(ex, "resolve_precision"):
+        # The engine renders bf16 as fp32 on a CPU without native bf16; these CPU tensors stand
+        # for a GPU's, so the precision asked for is the one compiled.
+        patched.append((ex, "resolve_precision", lambda precision, device: precision))
     saved = [(m, n, getattr(m, n)) for m, n, _ in patched]
     drv = triton.runtime.driver
     prev_driver = getattr(drv, "_active", None)    # None on a machine without a GPU
@@ -396,6 +410,13 @@ def check(scenarios: Sequence[Scenario], archs: Sequence[int] = ARCHS,
                 drive(sc, models[sc.resolution])
                 log(f"sm_{arch} {sc.name}: {len(cap.kernels) - n0} new variants "
                     f"({time.perf_counter() - t0:.1f} s)")
+                # A scenario whose GEMMs silently ran in another precision (a fallback on the host)
+                # would leave its variants unchecked: every scenario must launch one of its own.
+                if not any(sc.name in e["scenarios"] and _precision_of(_constexprs(e["kernel"])) ==
+                           sc.precision and "DOT_PRECISION" in _constexprs(e["kernel"])
+                           for e in cap.kernels.values()):
+                    cap.errors.append(dict(kernel="(scenario)", scenario=sc.name,
+                                           error=f"launched no {sc.precision} GEMM"))
         for h, e in cap.kernels.items():
             rec = analyse(e["kernel"], arch, e["log"])
             rec.scenarios = e["scenarios"]
@@ -426,6 +447,28 @@ def markdown_table(records: Sequence[Record]) -> str:
     return "\n".join(rows)
 
 
+def write_results_md(path: Path, report: dict, records: Sequence[Record]) -> None:
+    """Rewrite the block between the compile-check markers of `path` (appended when missing)."""
+    begin, end = "<!-- compile-check:begin -->", "<!-- compile-check:end -->"
+    head = (f"_`make compile-check` (python3 -m kernels.compile_check): triton {report['triton']}, "
+            f"{report['variants']} variants for sm_{'/sm_'.join(map(str, report['archs']))}, "
+            f"{report['failed']} failed, {report['seconds']:.0f} s on this machine; scenarios "
+            f"{', '.join(s['name'] for s in report['scenarios'])}_")
+    block = f"{begin}\n{head}\n\n{markdown_table(records)}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    i = text.find(begin)
+    j = text.find(end, i + len(begin)) if i >= 0 else -1
+    if i >= 0 and j >= 0:
+        text = text[:i] + block + text[j + len(end):]
+    else:
+        text = (text.rstrip() + "\n\n## Compiled kernel variants (sm_90, sm_80; no GPU needed)\n\n"
+                "Every Triton kernel variant the launchers really launch for the official scenarios, "
+                "compiled ahead of time through the real binder (registers and spills from `ptxas -v`, "
+                "dynamic shared memory, tensor-core instructions, sin/cos evaluations per thread inside "
+                "the PTX loops).\n\n" + block + "\n")
+    path.write_text(text)
+
+
 def _check_in_processes(args) -> List[Record]:
     """One child process per arch (compiling is single-threaded per process), merged."""
     with tempfile.TemporaryDirectory() as d:
@@ -453,6 +496,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="compute capabilities")
     p.add_argument("--only", default=None, help="only scenarios whose name contains this")
     p.add_argument("--markdown", action="store_true", help="also print the Markdown table")
+    p.add_argument("--results-md", type=Path, default=None,
+                   help="also rewrite the compile-check table in this Markdown file (bench/RESULTS.md)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="archs compiled in parallel processes (default %(default)s)")
     args = p.parse_args(argv)
@@ -488,6 +533,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.write_text(json.dumps(report, indent=1))
     if args.markdown:
         print(markdown_table(records))
+    if args.results_md is not None:
+        write_results_md(args.results_md, report, records)
     for r in bad:
         print(f"FAIL {r.kernel} sm_{r.arch} {r.precision} {r.constexprs}: {'; '.join(r.failures)}",
               file=sys.stderr)

@@ -142,3 +142,21 @@ def test_real_launcher_compiles_for_sm90_and_sm80():
         assert rec["kernel"] == "_rgb_to_yuv420_kernel" and rec["arch"] == int(arch)
         assert rec["regs"] > 0 and rec["spill_bytes"] == 0 and rec["mma"] == "fma"
         assert rec["failures"] == [] and rec["constexprs"]["BLOCK"] == 256
+
+
+def test_results_md_block_is_replaced_in_place(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nkept\n")
+    recs = [_rec(kernel="_fmm_linear_kernel", precision="bf16", mma="wgmma",
+                 constexprs=dict(HAS_EMB=True, ACT=False, BLOCK_M=128)),
+            _rec(kernel="_fmm_bwd_dw_kernel", spill_bytes=8780, regs=32)]
+    for r in recs:
+        r.failures = C.failures_of(r)
+    report = dict(triton="3.9.0", archs=[90, 80], variants=2, failed=1, seconds=12.0,
+                  scenarios=[dict(name="render-128-bf16")])
+    C.write_results_md(md, report, recs)
+    C.write_results_md(md, report, recs)
+    text = md.read_text()
+    assert text.count("<!-- compile-check:begin -->") == 1 and "kept" in text
+    assert "| _fmm_linear_kernel | sm_90 | bf16 | HAS_EMB BLOCK_M=128 | 64 | 0 | 1024 | wgmma | 0 | yes |" in text
+    assert "NO: spills 8780 bytes (32 registers)" in text
