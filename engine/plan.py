@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 from digan.config import GeneratorConfig
 from digan.view import Rect, View, level_rects, num_levels
@@ -42,20 +42,26 @@ class Plan:
     chunk_bytes: int                  # the uint8 frame buffer of one chunk
     budget: int
 
-    def chunks(self, start: int = 0, end: int | None = None) -> List[FrameChunk]:
-        """Frame chunks covering [start, end) (default: all frames), each with its tiles."""
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[FrameChunk]:
+        """Frame chunks covering [start, end) (default: all frames), each with its tiles, made one
+        at a time (a 10^9-frame plan never holds a list of its chunks). The range is checked now."""
         end = self.num_frames if end is None else end
         if not 0 <= start < end <= self.num_frames:
             raise ValueError(f"frame range [{start}, {end}) outside [0, {self.num_frames})")
-        out = []
+        return self._chunks(start, end)
+
+    def _chunks(self, start: int, end: int) -> Iterator[FrameChunk]:
         for f0 in range(start, end, self.frames_per_chunk):
             f1 = min(f0 + self.frames_per_chunk, end)
-            out.append(FrameChunk((f0, f1), [Tile((f0, f1), r) for r in self.rects]))
-        return out
+            yield FrameChunk((f0, f1), [Tile((f0, f1), r) for r in self.rects])
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_frames // self.frames_per_chunk)
 
     @property
     def num_tiles(self) -> int:
-        return len(self.chunks()) * len(self.rects)
+        return self.num_chunks * len(self.rects)
 
     def describe(self) -> str:
         r0, r1, c0, c1 = self.rects[0]

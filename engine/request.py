@@ -6,13 +6,18 @@ torch.Generator().manual_seed(s) on the CPU (so a seed means the same video on e
 Times: `frames` points on linspace(t_start, t_end); `interpolate` = k renders (frames-1)*k+1
 points on the same range (k x the frame rate, slow motion at the same fps); t outside [0, 1]
 extrapolates. Explicit `times` override all of that.
+
+A time grid is described by its parameters, never by its values (`TimeGrid`): a 10^9-frame
+request costs the same bytes, hash and memory as a 16-frame one, and the times of frames [f0, f1)
+are computed when those frames are rendered (issue 8).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -20,6 +25,69 @@ from digan.view import View
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """The times of a video's frames, by parameters: `count` points on linspace(start, end), or an
+    explicit list (`values`, which the request already holds, so it is no new O(T) cost).
+
+    `slice(f0, f1)` computes each time from its own index in float64, start + step*k below the
+    halfway point and end - step*(count-1-k) above (ATen's scalar linspace formula, so both ends
+    are exact), then rounds to float32. A time depends only on (start, end, count, k): not on how
+    the grid is cut into segments or chunks, nor on the CPU's vector width (torch.linspace's
+    vectorised CPU kernel steps from the start of each SIMD vector, so its float64 bits vary with
+    AVX2/AVX-512; after rounding to float32 the two agree to within one ulp). No call builds more
+    than the slice asked for."""
+    start: float = 0.0
+    end: float = 1.0
+    count: int = 16
+    values: Optional[Tuple[float, ...]] = None   # explicit times (then start/end/count are unused)
+
+    def __post_init__(self) -> None:
+        if self.values is not None:
+            if len(self.values) == 0:
+                raise ValueError("times is empty")
+            if not all(math.isfinite(float(t)) for t in self.values):
+                raise ValueError("times must be finite")
+            object.__setattr__(self, "count", len(self.values))
+        else:
+            if self.count < 1:
+                raise ValueError(f"a time grid needs >= 1 point, got {self.count}")
+            if not (math.isfinite(self.start) and math.isfinite(self.end)):
+                raise ValueError(f"times must be finite, got t_start={self.start}, t_end={self.end}")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def slice(self, f0: int, f1: int, device=None) -> torch.Tensor:
+        """(f1 - f0,) float32 times of frames [f0, f1); indices past the end continue the grid
+        (extrapolation at the same spacing, used to pad fixed-size blocks), explicit times repeat
+        their last value there."""
+        if not 0 <= f0 <= f1:
+            raise ValueError(f"bad frame range [{f0}, {f1})")
+        if self.values is not None:
+            n = len(self.values)
+            idx = [min(k, n - 1) for k in range(f0, f1)]
+            return torch.tensor([self.values[k] for k in idx], dtype=torch.float32, device=device)
+        k = torch.arange(f0, f1, dtype=torch.float64, device=device)
+        if self.count == 1:
+            return torch.full((f1 - f0,), self.start, dtype=torch.float64, device=device).float()
+        step = (self.end - self.start) / (self.count - 1)
+        lo = self.start + step * k
+        hi = self.end - step * ((self.count - 1) - k)
+        return torch.where(k < self.count // 2, lo, hi).float()
+
+    def tensor(self) -> torch.Tensor:
+        """(T,) float32, all of it: O(T) memory, for short grids (tests, reference renders)."""
+        return self.slice(0, self.count)
+
+    def describe(self) -> dict:
+        """O(1) JSON-able identity of the times (explicit lists by the digest of their float32 bytes)."""
+        if self.values is not None:
+            raw = torch.tensor(self.values, dtype=torch.float32).numpy().tobytes()
+            return {"times_sha256": hashlib.sha256(raw).hexdigest(), "count": self.count}
+        return {"linspace": [float(self.start), float(self.end), int(self.count)]}
 
 
 @dataclass
@@ -60,16 +128,16 @@ class RenderRequest:
         if self.memory_budget <= 0:
             raise ValueError(f"memory budget must be positive, got {self.memory_budget}")
 
-    def time_grid(self) -> torch.Tensor:
-        """(T,) float32 times of every rendered frame."""
+    def grid(self) -> TimeGrid:
+        """The frames' times by parameters (O(1) whatever the frame count)."""
         if self.times is not None:
-            t = torch.tensor(self.times, dtype=torch.float32)
-        else:
-            n = (self.frames - 1) * self.interpolate + 1
-            t = torch.linspace(self.t_start, self.t_end, n, dtype=torch.float64).float()
-        if not torch.isfinite(t).all():
-            raise ValueError("times must be finite")
-        return t
+            return TimeGrid(values=tuple(float(t) for t in self.times))
+        return TimeGrid(float(self.t_start), float(self.t_end), (self.frames - 1) * self.interpolate + 1)
+
+    def time_grid(self) -> torch.Tensor:
+        """(T,) float32 times of every rendered frame: O(T) memory, for short requests only; the
+        engine uses `grid()` and computes the times of each chunk as it renders it."""
+        return self.grid().tensor()
 
     @property
     def num_frames(self) -> int:
@@ -100,7 +168,7 @@ class RenderRequest:
     def content_hash(self, model_id: str) -> str:
         """Identifies the frames this request produces (not how they are tiled or where they go)."""
         d = {k: getattr(self, k) for k in ("seeds", "motion_seeds", "labels", "psi", "precision")}
-        d["times"] = [float(t) for t in self.time_grid().tolist()]
+        d["times"] = self.grid().describe()   # parameters, not values: O(1) in the frame count
         d["view"] = [self.view.scale, self.view.top, self.view.left, self.view.height, self.view.width]
         d["model"] = model_id
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -63,9 +63,11 @@ def tiny():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_tiling_is_invisible(tiny, precision):
+def test_tiling_is_invisible(tiny, precision, monkeypatch):
     """Different budgets and tile caps -> whole video, frame chunks, row bands, blocks: identical
     uint8 frames."""
+    # bf16 really runs in bf16 here, whatever this CPU (which may fall back to fp32 otherwise).
+    monkeypatch.setattr("engine.executor.cpu_bf16_support", lambda: (True, "test"))
     req = RenderRequest(seeds=[4], frames=7, t_end=1.7, view=View(scale=2), precision=precision, backend="torch",
                         device="cpu", memory_budget=1 << 30)
     act = 2 if precision == "bf16" else 4
