@@ -89,7 +89,6 @@ def cmd_metrics(args) -> int:
     G = G.to(device).eval().requires_grad_(False)
     dataset = _dataset(args, G.img_resolution, use_labels=G.c_dim > 0)
     cache = None if args.no_cache else (Path(args.cache).expanduser() if args.cache else DEFAULT_CACHE) / "metrics"
-    torch.set_grad_enabled(False)
     ev = Evaluator(args.detector, device=device, cache_dir=cache, batch_size=args.batch_size,
                    gen_batch_size=args.gen_batch, progress=not args.no_progress)
     print(f"model: {desc}; data: {dataset!r}; detector sha256 {ev.detector_hash[:16]}; device {device}",

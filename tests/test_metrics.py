@@ -105,7 +105,10 @@ def test_load_round_trip(i3d, i3d_file):
     model = load_i3d(i3d_file, device="cpu")
     x = torch.rand(1, 3, 9, 32, 32) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(model(x), i3d(x), rtol=0, atol=0)  # same weights, same ops, same CPU
+        a, b = model(x.contiguous(memory_format=torch.channels_last_3d)), i3d(x)
+    # Same weights; on the CPU the loaded model runs channels-last, whose convolutions sum in
+    # another order: float32 rounding over ~20 layers, ~1e-6 of the feature scale; 1e-4 is safe.
+    assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item()
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 
 
@@ -338,6 +341,7 @@ def test_digan_metrics_end_to_end(tmp_path, i3d_file, capsys):
             "--output", tmp_path / "res.jsonl", "--device", "cpu"]
     args = [str(a) for a in args]
     assert main(args) == 0
+    assert torch.is_grad_enabled()  # no process-wide side effect (the trainer may run next in-process)
     out = capsys.readouterr()
     lines = [json.loads(line) for line in out.out.splitlines()]
     assert [r["metric"] for r in lines] == ["fvd", "kvd"]

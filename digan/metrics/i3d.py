@@ -236,7 +236,12 @@ def load_i3d(path: PathLike, device: Union[str, torch.device, None] = None) -> I
     model.load_state_dict(state, strict=False)  # strictness enforced above (num_batches_tracked optional)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
+    if torch.device(device).type == "cpu":
+        # oneDNN's 3-D convolutions run ~25% faster channels-last on the CPU (measured on 2 cores;
+        # results equal to float rounding, ~1e-6 relative).  GPUs keep the official layout.
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
 
 
 # ---- preprocessing and features -----------------------------------------------------------------
@@ -285,10 +290,13 @@ def i3d_features(model: InceptionI3d, videos, batch_size: int = 16, resize: bool
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
+    channels_last = model.Conv3d_1a_7x7.conv3d.weight.is_contiguous(memory_format=torch.channels_last_3d)
     model.eval()
     out: List[torch.Tensor] = []
     for i in range(0, len(videos), batch_size):
         x = preprocess(videos[i:i + batch_size].to(device, non_blocking=True), resolution, resize=resize)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         out.append(model(x).float().cpu())
     if not out:
         return torch.zeros(0, model.num_classes)
