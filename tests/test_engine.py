@@ -63,7 +63,7 @@ def tiny():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_tiling_is_invisible(tiny, precision, monkeypatch):
+def test_tiling_is_invisible(tiny, precision, monkeypatch, position_independent_host_math):
     """Different budgets and tile caps -> whole video, frame chunks, row bands, blocks: identical
     uint8 frames."""
     # bf16 really runs in bf16 here, whatever this CPU (which may fall back to fp32 otherwise).
@@ -89,7 +89,7 @@ def test_tiling_is_invisible(tiny, precision, monkeypatch):
     assert len(seen) >= 4, seen  # the plans really differ
 
 
-def test_crops_equal_window_of_full_render(tiny):
+def test_crops_equal_window_of_full_render(tiny, position_independent_host_math):
     base = RenderRequest(seeds=[2], frames=3, backend="torch", device="cpu", view=View(scale=2))
     ref = _frames(tiny, base)
     for top, left, h, w in [(5, 9, 20, 33), (0, 0, 1, 1), (77, 3, 51, 125)]:
@@ -97,7 +97,7 @@ def test_crops_equal_window_of_full_render(tiny):
         assert torch.equal(_frames(tiny, req), ref[:, top:top + h, left:left + w])
 
 
-def test_zoom_out_contains_default(tiny):
+def test_zoom_out_contains_default(tiny, position_independent_host_math):
     cfg = tiny.cfg
     base = RenderRequest(seeds=[2], frames=2, backend="torch", device="cpu")
     ref = _frames(tiny, base)
