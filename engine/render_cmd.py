@@ -323,6 +323,13 @@ def model_id(checkpoint: Optional[str], desc: str, G=None) -> str:
     return h.hexdigest()
 
 
+def preview_paths(path: str, gif: bool) -> List[str]:
+    """Where `engine.preview.write_preview` puts the contact sheet (and GIF) of `path`."""
+    base = Path(path)
+    stem = base.with_suffix("") if base.suffix else base
+    return [f"{stem}.preview.png"] + ([f"{stem}.preview.gif"] if gif else [])
+
+
 def output_exists(path: str, png: bool) -> bool:
     """An output that -y would replace: a file, or a folder with PNG frames in it."""
     if png:
@@ -443,9 +450,13 @@ def cmd_render(args) -> int:
         H = renderer.H * grid[0]
         validate_sink_args(path, W, H, args.fps, codec=codec, crf=None if png else args.crf,
                            preset=None if png else args.preset, backend="png" if png else args.encoder)
-        if output_exists(path, png) and (args.no_overwrite or not args.overwrite) and rank == 0:
-            raise ValueError(f"{path} already exists: pass -y/--overwrite to replace it, or choose another "
-                             "output path" + (" (-n: never overwrite)" if args.no_overwrite else ""))
+        existing = [path] if output_exists(path, png) else []
+        if args.preview:  # the contact sheet (and GIF) beside the output are outputs too
+            existing += [p for p in preview_paths(path, args.gif) if os.path.lexists(p)]
+        if existing and (args.no_overwrite or not args.overwrite) and rank == 0:
+            raise ValueError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: pass "
+                             "-y/--overwrite to replace, or choose another output path"
+                             + (" (-n: never overwrite)" if args.no_overwrite else ""))
         planned.append((path, req, grid, renderer, W, H, codec, png))
     writers = []
     try:

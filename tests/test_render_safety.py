@@ -363,6 +363,14 @@ def test_existing_output_needs_overwrite(ckpt, tmp_path, capsys):
     rc, err = run(*args, "-y", capsys=capsys)
     assert rc == 0, err
     assert np.array_equal(decode(out), frames_of(G, seeds=[1], frames=12))
+    # the contact sheet beside the video is an output too
+    (tmp_path / "p.preview.png").write_bytes(b"precious")
+    pargs = ["render", "-c", path, "--seeds", "1", *SMALL, "--preview", "-o", tmp_path / "p.mkv"]
+    rc, err = run(*pargs, capsys=capsys)
+    assert rc == 2 and "p.preview.png already exists" in err, err
+    assert (tmp_path / "p.preview.png").read_bytes() == b"precious" and not (tmp_path / "p.mkv").exists()
+    assert run(*pargs, "-y", capsys=capsys)[0] == 0
+    assert (tmp_path / "p.preview.png").read_bytes() != b"precious"
     # a PNG folder with frames in it counts as an existing output; -y replaces all its frames
     folder = tmp_path / "png"
     assert run("render", "-c", path, "--frames", "5", "-q", "--codec", "png", "-o", folder, capsys=capsys)[0] == 0
