@@ -252,8 +252,7 @@ def test_sigterm_writes_snapshot_and_resume_continues(mixed_run, tmp_path):
 
 
 def test_second_signal_aborts_at_once():
-    said = []
-    with _StopSignals(said.append) as signals:
+    with _StopSignals() as signals:
         os.kill(os.getpid(), signal.SIGINT)
         assert signals.signum == signal.SIGINT              # first: only a request, the step goes on
         with pytest.raises(TrainingInterrupted) as info:
@@ -296,7 +295,7 @@ def test_arch_option_and_deprecated_preset(capsys):
 
 def test_snapshot_callbacks_and_metrics_jsonl(mixed_run, tmp_path):
     """The place where metrics (FVD) hook in: called after every regular snapshot with the trainer and
-    the path; a returned dict goes to metrics.jsonl."""
+    the path; a returned dict goes to metrics.jsonl.  Also: the first step is reported at once."""
     from digan.config import discriminator_preset, generator_preset
     from digan.datasets import VideoFolderDataset
     from digan.train.loop import Trainer, TrainConfig
@@ -310,8 +309,9 @@ def test_snapshot_callbacks_and_metrics_jsonl(mixed_run, tmp_path):
         return {"fvd_test": 10.0 + trainer.step_idx}
 
     tr.snapshot_callbacks.append(metric)
-    tr.train(2, tmp_path, log_every=1, snapshot_every=1, preview_every=0, print_fn=lambda s: None,
-             progress=False)
+    rows = tr.train(2, tmp_path, log_every=5, snapshot_every=1, preview_every=0, print_fn=lambda s: None,
+                    progress=False)
+    assert [r["step"] for r in rows] == [1, 2]     # step 1 is always reported, then the end (log_every 5)
     assert calls == [(1, tmp_path / SNAP), (2, tmp_path / SNAP)]
     recs = _jsonl(tmp_path / "metrics.jsonl")
     assert [(r["step"], r["results"]) for r in recs] == [(1, {"fvd_test": 11.0}), (2, {"fvd_test": 12.0})]

@@ -138,8 +138,7 @@ def cli_warnings(prog: str = "digan train"):
         except ImportError:
             stream.write(f"{prog}: warning: {message}\n")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
+    with warnings.catch_warnings():   # the filters stay as they are; only the format changes
         warnings.showwarning = show
         yield
 

@@ -320,10 +320,10 @@ class TrainingInterrupted(KeyboardInterrupt):
 class _StopSignals:
     """While active (main thread only): the first SIGINT or SIGTERM records its number, and the loop
     stops after the step in flight (a half-done step cannot be snapshotted and resumed exactly); a
-    second one aborts at once, without a snapshot."""
+    second one aborts at once, without a snapshot.  The notice goes to stderr at once: the step in
+    flight can take a while on a CPU."""
 
-    def __init__(self, say: Callable[[str], None]):
-        self.say = say
+    def __init__(self):
         self.signum: Optional[int] = None
         self._previous: Dict[int, object] = {}
 
@@ -726,7 +726,7 @@ class Trainer:
               print_fn=print, progress: bool = True, tensorboard: bool = True) -> List[Dict[str, float]]:
         """Runs until step `total_steps` (counting steps already done); returns the logged rows.
 
-        Every log_every steps (and at the end): a line `step kimg time losses clips/s sec/kimg`
+        Every log_every steps (and after step 1 and at the end): a line `step kimg time losses clips/s sec/kimg`
         (throughput skips the first warmup_steps steps of this process), the same as a row of
         <out>/log.csv, one JSON object in <out>/stats.jsonl (StyleGAN2-ADA's layout) and, when
         `torch.utils.tensorboard` imports, TensorBoard scalars in <out>.  A tqdm bar on stderr
@@ -760,7 +760,7 @@ class Trainer:
 
         stopped = 0
         try:
-            with _StopSignals(say) as signals:
+            with _StopSignals() as signals:
                 while self.step_idx < total_steps:
                     stats = self.step()
                     bar.update(1)
@@ -770,7 +770,8 @@ class Trainer:
                     if self.step_idx - start_step == warmup_steps and t_mark is None:
                         self._sync()
                         t_mark, n_mark = time.time(), self.step_idx
-                    if (log_every and self.step_idx % log_every == 0) or done:
+                    # step 1 of a run is reported too (StyleGAN2-ADA's tick 0): losses within a minute
+                    if (log_every and (self.step_idx % log_every == 0 or self.step_idx == 1)) or done:
                         row, spread = self._log_row(acc, t_mark, n_mark)
                         acc = {}
                         if t_mark is not None:
