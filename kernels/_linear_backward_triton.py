@@ -8,16 +8,20 @@ atomics; partial sums are written per block and reduced by the host in a fixed o
                             block the column sums of dY' (the bias gradient)
     _fmm_bwd_da_kernel      dA = dY' @ W: the x part is stored as rows (scattered later when x was
                             gathered); the embedding part is turned into the phase gradient
-                            dp = dE_sin * cos(p) - dE_cos * sin(p) in the epilogue (phase
-                            regenerated, never stored) and reduced per row block into
+                            dp = dE_sin * cos(p) - dE_cos * sin(p) in the epilogue (sin/cos p
+                            regenerated from the tables, never stored) and reduced per row block into
                             [sum dp * x, sum dp * y, sum dp]; row blocks never straddle frames
     _fmm_bwd_dw_kernel      dW = dY'^T @ [x[x_index] | sin | cos] with the embedding regenerated in
-                            the prologue; rows split into SPLIT ranges whose partials the host sums
+                            the prologue (from the tables); rows split into SPLIT ranges whose
+                            partials the host sums
     _segment_sum_kernel     out[p] = sum of src[r] over the rows r with index[r] = p, in increasing
                             r (CSR built by a stable sort on the host)
 
-Launch with enable_fp_fusion=False, like the forward: the phase A0*x + A1*y + b must have the bits
-of the forward (separate multiplies and adds).
+Trig-free embedding, as in the forward (kernels/linear.py): sin/cos p for p = X + Y + B come from
+the launcher's tables tx (TW, 2E), ty (TH, 2E), tb (F, 2E) ([sin | cos] of X = A0*xs[j],
+Y = A1*ys[i], B = b[f]) by two angle additions, (X, Y) then (X+Y, B); no sin/cos is evaluated
+here. Launch with enable_fp_fusion=False, like the forward: the angle additions are specified as
+separate multiplies and adds (the torch backward's bits).
 """
 import triton
 import triton.language as tl
@@ -29,7 +33,7 @@ INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (se
 # The forward module's helpers, decorated under the same TRITON_INTERPRET setting as this module.
 _fwd = load_triton_module("_linear_triton")
 _mma = _fwd._mma
-_sin_cos = _fwd._sin_cos
+_angle_add = _fwd._angle_add
 
 
 @triton.jit
@@ -79,8 +83,9 @@ def _fmm_bwd_dy_kernel(
 def _fmm_bwd_da_kernel(
     dyp_ptr,           # (M, N) fp32 dY', contiguous
     w_ptr,             # (N, KX + 2E) weight [W_x | W_sin | W_cos], row stride stride_wn
-    emb_a_ptr,         # (E, 2) fp32 frequencies, contiguous
-    emb_b_ptr,         # (F, E) fp32 per-frame phase, contiguous
+    tx_ptr,            # (TW, 2E) fp32 [sin X | cos X] per tile column, contiguous
+    ty_ptr,            # (TH, 2E) fp32 [sin Y | cos Y] per tile row, contiguous
+    tb_ptr,            # (F, 2E) fp32 [sin B | cos B] per frame, contiguous
     xs_ptr,            # (TW,) fp32
     ys_ptr,            # (TH,) fp32
     dx_ptr,            # (M, KX) fp32 dX rows (output; before any scatter by x_index), contiguous
@@ -147,16 +152,22 @@ def _fmm_bwd_da_kernel(
             w_cos = tl.load(w_rows + (KX + E + e)[None, :], mask=w_mask, other=0.0)
             acc_s = _mma(dy, w_sin, acc_s, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
             acc_c = _mma(dy, w_cos, acc_c, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
-        # 3. Phase regenerated exactly as in the forward; dp = dE_sin cos p - dE_cos sin p.
+        # 3. sin/cos p from the tables by angle addition; dp = dE_sin cos p - dE_cos sin p.
         i = local // TW
         j = local - i * TW
         xv = tl.load(xs_ptr + j, mask=mask_m, other=0.0)                  # (BLOCK_M,)
         yv = tl.load(ys_ptr + i, mask=mask_m, other=0.0)
-        a0 = tl.load(emb_a_ptr + 2 * e, mask=mask_e, other=0.0)            # (BLOCK_K,)
-        a1 = tl.load(emb_a_ptr + 2 * e + 1, mask=mask_e, other=0.0)
-        bb = tl.load(emb_b_ptr + f * E + e, mask=mask_e, other=0.0)        # (BLOCK_K,) one frame
-        phase = a0[None, :] * xv[:, None] + a1[None, :] * yv[:, None] + bb[None, :]
-        s, c = _sin_cos(phase, INTERPRETER)
+        t_mask = mask_m[:, None] & mask_e[None, :]
+        tx_row = tx_ptr + j[:, None] * (2 * E)
+        ty_row = ty_ptr + i[:, None] * (2 * E)
+        sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)          # (BLOCK_M, BLOCK_K)
+        cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
+        sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
+        cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
+        sb = tl.load(tb_ptr + f * (2 * E) + e, mask=mask_e, other=0.0)     # (BLOCK_K,) one frame
+        cb = tl.load(tb_ptr + f * (2 * E) + E + e, mask=mask_e, other=0.0)
+        sp, cp = _angle_add(sx, cx, sy, cy)
+        s, c = _angle_add(sp, cp, sb[None, :], cb[None, :])
         dp = acc_s * c - acc_c * s
         dp = tl.where(mask_m[:, None] & mask_e[None, :], dp, 0.0)
         # 4. This block's sums over its rows (all in frame f): dA0, dA1 and db[f] partials.
@@ -171,10 +182,9 @@ def _fmm_bwd_dw_kernel(
     dyp_ptr,           # (M, N) fp32 dY', contiguous
     x_ptr,             # (MX, KX) activations, row stride stride_xm
     x_index_ptr,       # (M,) int64 row of x read by row m (HAS_X_INDEX)
-    emb_a_ptr,         # (E, 2) fp32, contiguous
-    emb_b_ptr,         # (F, E) fp32, contiguous
-    xs_ptr,            # (TW,) fp32
-    ys_ptr,            # (TH,) fp32
+    tx_ptr,            # (TW, 2E) fp32 [sin X | cos X] per tile column, contiguous
+    ty_ptr,            # (TH, 2E) fp32 [sin Y | cos Y] per tile row, contiguous
+    tb_ptr,            # (F, 2E) fp32 [sin B | cos B] per frame, contiguous
     dw_ptr,            # (SPLIT, N, KX + 2E) fp32 partial dW per row range (output), contiguous
     M,                 # int: rows (reduction length)
     N,                 # int
@@ -228,11 +238,10 @@ def _fmm_bwd_dw_kernel(
             acc = _mma(dyt, a, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
         tl.store(out_rows + k[None, :], acc, mask=mask_n[:, None] & mask_k[None, :])
     elif NEED_EMB:
-        # 2b. dW_sin += dY'^T @ sin(p), dW_cos += dY'^T @ cos(p), p regenerated per row block.
+        # 2b. dW_sin += dY'^T @ sin(p), dW_cos += dY'^T @ cos(p), sin/cos p regenerated per row
+        #     block from the tables by angle addition.
         e = (pid_k - n_kx) * BLOCK_K + offs_c
         mask_e = e < E
-        a0 = tl.load(emb_a_ptr + 2 * e, mask=mask_e, other=0.0)
-        a1 = tl.load(emb_a_ptr + 2 * e + 1, mask=mask_e, other=0.0)
         acc_s = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         acc_c = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for m0 in range(m_start, m_end, BLOCK_M):
@@ -245,12 +254,18 @@ def _fmm_bwd_dw_kernel(
             i = rem // TW
             j = rem - i * TW
             f = tl.where(mask_m, f, 0)
-            xv = tl.load(xs_ptr + j, mask=mask_m, other=0.0)
-            yv = tl.load(ys_ptr + i, mask=mask_m, other=0.0)
-            bb = tl.load(emb_b_ptr + f[:, None] * E + e[None, :],
-                         mask=mask_m[:, None] & mask_e[None, :], other=0.0)
-            phase = a0[None, :] * xv[:, None] + a1[None, :] * yv[:, None] + bb   # forward's order
-            s, c = _sin_cos(phase, INTERPRETER)
+            t_mask = mask_m[:, None] & mask_e[None, :]
+            tx_row = tx_ptr + j[:, None] * (2 * E)                        # (BLOCK_M, 1)
+            ty_row = ty_ptr + i[:, None] * (2 * E)
+            tb_row = tb_ptr + f[:, None] * (2 * E)
+            sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)      # (BLOCK_M, BLOCK_K)
+            cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
+            cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            sb = tl.load(tb_row + e[None, :], mask=t_mask, other=0.0)
+            cb = tl.load(tb_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            sp, cp = _angle_add(sx, cx, sy, cy)
+            s, c = _angle_add(sp, cp, sb, cb)
             acc_s = _mma(dyt, s, acc_s, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
             acc_c = _mma(dyt, c, acc_c, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
         w_mask = mask_n[:, None] & mask_e[None, :]

@@ -17,6 +17,8 @@ Its gradients, first order (dY = d out):
     dE       = dY' @ [W_sin | W_cos];      dp = dE_sin * cos p - dE_cos * sin p
     d A[:,0] = sum_m dp * xs[j],  d A[:,1] = sum_m dp * ys[i],  d b[f] = sum over frame f's rows of dp
 
+sin p and cos p are never evaluated directly: both backends build them from the forward's
+trig-free tables (kernels/linear.py: emb_tables) by two angle additions, (X, Y) then (X+Y, B).
 xs, ys and the indices get no gradient. The clamp mask is taken from the clamped output, so an
 element exactly at +-clamp before clamping gets no gradient (autograd's clamp passes it); this has
 probability zero for real data. Straight-through for operand rounding: with precision 'tf32' or
@@ -46,7 +48,7 @@ import torch.nn.functional as F_
 from ._common import (FLOAT_DTYPES, cdiv, check_index, check_precision,
                       check_tensor, gemm_precision_cast, load_triton_module, resolve_backend,
                       round_up)
-from .linear import SQRT2, _Dims, _row_chunks, fmm_linear
+from .linear import SQRT2, _Dims, _row_chunks, emb_tables, fmm_linear, trig_operand_
 
 __all__ = ["FmmLinearGrads", "GRAD_NAMES", "fmm_linear_backward", "fmm_linear_backward_torch",
            "fmm_linear_backward_triton", "fmm_linear_backward_reference",
@@ -199,8 +201,9 @@ def fmm_linear_reference_autograd(weight, x=None, *, x_index=None, emb_A=None, e
                                   ys=None, pre_add=None, pre_index=None, bias=None, act=False,
                                   gain=SQRT2, clamp=None, post_add=None, post_index=None):
     """Out-of-place, unfused torch statement of the forward (fp32 operands), differentiable by
-    autograd and usable in any float dtype (fp64 for gradcheck). The phase is formed in the
-    forward's order; the embedding and x[x_index] are materialised."""
+    autograd and usable in any float dtype (fp64 for gradcheck). The phase is formed directly as
+    A0*x + A1*y + b (the plain statement; the kernels' trig-free embedding is nearer the exact
+    phase, see kernels/linear.py); the embedding and x[x_index] are materialised."""
     parts = []
     if x is not None:
         parts.append(x if x_index is None else x[x_index])
@@ -323,10 +326,9 @@ def _backward_torch(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows, 
             dA = torch.zeros((2, E), dtype=dt, device=dev)
             db = torch.zeros((d.F, E), dtype=dt, device=dev)
         xs_, ys_ = xs.to(dt), ys.to(dt)
-        A = emb_A.to(dt)
-        px = A[:, 0][None, :] * xs_[:, None]                                # (w, E)
-        py = A[:, 1][None, :] * ys_[:, None]                                # (h, E)
-        bb = emb_b.to(dt)
+        # The forward's trig-free tables (kernels/linear.py): (w, 2E), (h, 2E), (F, 2E).
+        tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b, dtype=dt)
+        sb, cb = tb[:, None, :E], tb[:, None, E:]                           # (F, 1, E)
         esize = torch.finfo(dt).bits // 8
         row_bytes = (K + N) * esize
         rows_per_chunk = min(_TORCH_MAX_CHUNK_ROWS,
@@ -336,16 +338,24 @@ def _backward_torch(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows, 
         for c0, c1, f0, f1, i0, i1 in chunks:
             m, nf, nh = c1 - c0, f1 - f0, i1 - i0
             dy_c = dyq[c0:c1]
-            # 1. Operand rows [x[x_index] | sin p | cos p] (m, K), the phase formed exactly as
-            #    the forward forms it (a broadcast over the chunk's frames and tile rows).
+            # 1. Operand rows [x[x_index] | sin p | cos p] (m, K), p = (X + Y) + B by two angle
+            #    additions from the tables, in the Triton kernels' op order (no sin/cos here).
             a = buf[:m]
             if KX and need_w:
                 xa = x[c0:c1] if x_index is None else x.index_select(0, x_index[c0:c1])
                 a[:, :KX].copy_(xa)
-            phase = (px[None] + py[i0:i1, None])[None] + bb[f0:f1, None, None]   # (nf, nh, w, E)
-            phase = phase.reshape(m, E)
-            s = torch.sin(phase, out=a[:, KX:KX + E])
-            c = torch.cos(phase, out=a[:, KX + E:])
+            hw_c = nh * d.TW
+            sp, cp = torch.empty((2, hw_c, E), dtype=dt, device=dev)       # sin/cos(X + Y)
+            trig_operand_(tx, ty[i0:i1], sp, cp, torch.empty((2, hw_c, E), dtype=dt, device=dev))
+            s = a[:, KX:KX + E]
+            c = a[:, KX + E:]
+            s3, c3 = s.view(nf, hw_c, E), c.view(nf, hw_c, E)
+            sbf, cbf = sb[f0:f1], cb[f0:f1]                                 # (nf, 1, E)
+            t1 = torch.empty((nf, hw_c, E), dtype=dt, device=dev)
+            torch.mul(sp, cbf, out=t1)
+            torch.add(t1, torch.mul(cp, sbf), out=s3)                       # sin p = sP cB + cP sB
+            torch.mul(cp, cbf, out=t1)
+            torch.sub(t1, torch.mul(sp, sbf), out=c3)                       # cos p = cP cB - sP sB
             # 2. dW += dY'^T a: one GEMM, accumulated over the chunks.
             if need_w:
                 dW.addmm_(dy_c.t(), _q(a, precision))
@@ -454,9 +464,13 @@ def _backward_triton(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
     if need["post_add"]:
         res["post_add"] = (_scatter_rows_triton(g, post_index, post_rows) if post_index is not None
                            else g.to(f32, copy=True))
-    if E:
-        emb_A, emb_b, xs, ys = (t.contiguous() for t in (emb_A, emb_b, xs, ys))
     dummy = dyp
+    if E:
+        # The forward's trig-free tables (kernels/linear.py), once per call: no sin/cos in the GEMMs.
+        xs, ys = xs.contiguous(), ys.contiguous()
+        tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b)               # (w, 2E), (h, 2E), (F, 2E)
+    else:
+        tx = ty = tb = dummy
 
     # 2. dX rows and the embedding's partial sums: dA = dY' @ W.
     if M and (need_x or need_e):
@@ -468,8 +482,7 @@ def _backward_triton(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
         dx_rows = torch.empty((M, KX), dtype=f32, device=dev) if need_x else dummy
         part = torch.empty((n_rows_blocks, 3, E), dtype=f32, device=dev) if need_e else dummy
         mod._fmm_bwd_da_kernel[(n_rows_blocks, n_cols)](
-            dyp, weight,
-            emb_A if E else dummy, emb_b if E else dummy, xs if E else dummy, ys if E else dummy,
+            dyp, weight, tx, ty, tb, xs if E else dummy, ys if E else dummy,
             dx_rows, part, M, N, KX, E, HW, d.TW, MB, weight.stride(0),
             NEED_X=need_x, NEED_EMB=need_e, num_stages=3, enable_fp_fusion=False,
             **dot, **c)
@@ -502,8 +515,7 @@ def _backward_triton(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
             HW = d.TH * d.TW
             mod._fmm_bwd_dw_kernel[(cdiv(N, c["BLOCK_N"]), n_cols, S)](
                 dyp, x if KX else dummy, x_index if x_index is not None else dummy,
-                emb_A if E else dummy, emb_b if E else dummy, xs if E else dummy,
-                ys if E else dummy, dw, M, N, KX, E, HW, d.TW, cfg["rows_per_split"],
+                tx, ty, tb, dw, M, N, KX, E, HW, d.TW, cfg["rows_per_split"],
                 x.stride(0) if KX else 0,
                 NEED_X=KX > 0, HAS_X_INDEX=x_index is not None, NEED_EMB=E > 0,
                 num_stages=3, enable_fp_fusion=False, **dot, **c)
