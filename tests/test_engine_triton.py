@@ -1,6 +1,6 @@
 """The engine end to end on the Triton backend (interpreter mode on CPU, compiled on a GPU)
 against the torch backend and the official fixture."""
-import tests.kernel_utils  # noqa: F401  (turns TRITON_INTERPRET on unless set)
+import tests.kernel_utils  # noqa: F401  (TRITON_INTERPRET is set by tests/conftest.pytest_configure)
 
 import pytest
 import torch
