@@ -316,3 +316,40 @@ def test_snapshot_callbacks_and_metrics_jsonl(mixed_run, tmp_path):
     recs = _jsonl(tmp_path / "metrics.jsonl")
     assert [(r["step"], r["results"]) for r in recs] == [(1, {"fvd_test": 11.0}), (2, {"fvd_test": 12.0})]
     assert recs[0]["snapshot"] == SNAP
+
+
+def test_tensorboard_scalars_through_its_writer(tmp_path, monkeypatch):
+    """The tensorboard package is optional (not installed here): a stand-in torch.utils.tensorboard
+    module checks what the writers hand to SummaryWriter."""
+    import types
+
+    from digan.train.loop import _ReportWriters
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, logdir, purge_step=None):
+            calls.append(("init", logdir, purge_step))
+
+        def add_scalar(self, name, value, global_step=None, walltime=None):
+            calls.append((name, value, global_step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    row = {"step": 7, "kimg": 0.028, "time_s": 3.0, "clips_per_s": 8.0, "sec_per_kimg": 125.0,
+           **{k: None for k in STATS_NAMES}, "D_image": 1.5}
+    w = _ReportWriters(tmp_path, 6, tensorboard=True)   # resumed at step 6: later events are purged
+    w.write(row, {"D_image": (1, 0.0)}, {"peak_cpu_mem_gb": 0.5})
+    w.close()
+    assert calls[0] == ("init", str(tmp_path), 7) and calls[-1] == ("close",)
+    scalars = {c[0]: (c[1], c[2]) for c in calls[1:-1]}
+    assert scalars["Loss/D/image"] == (1.5, 7) and scalars["Timing/sec_per_kimg"] == (125.0, 7)
+    assert "Progress/step" not in scalars and "timestamp" not in scalars
+    calls.clear()
+    _ReportWriters(tmp_path, 7, tensorboard=False).close()
+    assert calls == []
