@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 RESULTS_JSONL = REPO / "bench" / "results" / "gpu_check.jsonl"
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+MIN_STEP_S = 5.0          # a step is not started with less time than this left
 TEST_FILES = ("tests/test_kernels_fmm_linear.py", "tests/test_kernels_modulate.py",
               "tests/test_kernels_rgb.py", "tests/test_kernels_backward.py",
               "tests/test_engine_triton.py", "bench/test_bench_kernels.py")
@@ -134,7 +136,8 @@ def step_tiles(plan: Plan, dry: bool, save) -> dict:
                     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     e0.record()
                 h0 = time.perf_counter()
-                render_tile(r.G, blocks, tile, view.scale, precision, r.backend, device)
+                render_tile(r.G, blocks, tile, view.scale, getattr(r, "precision", precision), r.backend,
+                            device)
                 h1 = time.perf_counter()
                 if cuda:
                     e1.record()
@@ -145,7 +148,7 @@ def step_tiles(plan: Plan, dry: bool, save) -> dict:
                 if rep:
                     host.append((h1 - h0) * 1e3)
                     dev.append(d)
-        out.append(dict(precision=precision, size=plan.tiles_size, tiles=len(tiles), backend=r.backend,
+        out.append(dict(precision=getattr(r, "precision", precision), size=plan.tiles_size, tiles=len(tiles), backend=r.backend,
                         host_ms=statistics.median(host), device_ms=statistics.median(dev),
                         events="cuda" if cuda else "host clock (no CUDA)"))
     return dict(status="ok", rows=out)
@@ -177,7 +180,7 @@ def _pythonpath() -> str:
 
 def run_step(name: str, limit_s: float, dry: bool) -> dict:
     """The step in a child process with a hard time limit; its result dict (status, ...)."""
-    if limit_s < 5:
+    if limit_s < MIN_STEP_S:
         return dict(status="skipped", note="no time left in the budget")
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "step.json"
@@ -187,11 +190,19 @@ def run_step(name: str, limit_s: float, dry: bool) -> dict:
         env = {**os.environ, "PYTHONPATH": _pythonpath()}
         env.setdefault("TRITON_INTERPRET", "0")
         t0 = time.perf_counter()
+        # Own process group: on timeout the step and everything it started (pytest, compile
+        # workers) stop, so nothing keeps the GPU busy during the next step.
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
         try:
-            r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
-        except subprocess.TimeoutExpired as e:
-            tail = (e.stdout or b"")
-            tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+            stdout, stderr = proc.communicate(timeout=limit_s)
+            r = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+            tail, _ = proc.communicate()
             res = json.loads(out.read_text()) if out.exists() else {}
             res.update(status="timed out", seconds=round(time.perf_counter() - t0, 1),
                        note=f"over its {limit_s:.0f} s limit" + (" (partial results)" if res else ""),

@@ -230,7 +230,7 @@ def failures_of(r: Record) -> List[str]:
     """Why a record fails the guard (empty: it passes)."""
     out = []
     if r.error:
-        return [f"does not compile: {r.error}"]
+        return [r.error if r.kernel == "(scenario)" else f"does not compile: {r.error}"]
     if r.spill_bytes is None or r.regs is None:
         out.append("ptxas reported no register / spill figures")
     elif r.spill_bytes > 0:

@@ -160,3 +160,8 @@ def test_results_md_block_is_replaced_in_place(tmp_path):
     assert text.count("<!-- compile-check:begin -->") == 1 and "kept" in text
     assert "| _fmm_linear_kernel | sm_90 | bf16 | HAS_EMB BLOCK_M=128 | 64 | 0 | 1024 | wgmma | 0 | yes |" in text
     assert "NO: spills 8780 bytes (32 registers)" in text
+
+
+def test_scenario_without_its_precision_fails():
+    fails = C.failures_of(_rec(kernel="(scenario)", error="launched no bf16 GEMM"))
+    assert fails == ["launched no bf16 GEMM"]

@@ -64,3 +64,11 @@ def test_write_replaces_its_block_only(tmp_path):
     assert "| 128x16x8 | engine-bf16 | 50.00 | 25.00 | 0.400 | 512 |" in text
     assert "kernels: timed out over its 120 s limit" in text
     assert len(jl.read_text().splitlines()) == 2
+
+
+def test_a_step_over_its_limit_is_stopped_and_reported(monkeypatch):
+    assert GC.run_step("tests", 1.0, dry=True)["status"] == "skipped"      # below MIN_STEP_S
+    # 0.5 s is below what the step needs anywhere: its process imports torch before any work.
+    monkeypatch.setattr(GC, "MIN_STEP_S", 0.1)
+    res = GC.run_step("render", 0.5, dry=True)
+    assert res["status"] == "timed out" and "over its 0 s limit" in res["note"], res
