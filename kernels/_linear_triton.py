@@ -9,7 +9,6 @@ come from the launcher.
 """
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from ._common import interpreter_enabled
 
@@ -38,16 +37,6 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
             return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _sin_cos(phase, INTERPRETER: tl.constexpr):
-    # libdevice (__nv_sinf/__nv_cosf: full range reduction, ~1 ulp) on GPUs; the interpreter has
-    # no libdevice and evaluates tl.sin / tl.cos with numpy.
-    if INTERPRETER:
-        return tl.sin(phase), tl.cos(phase)
-    else:
-        return libdevice.sin(phase), libdevice.cos(phase)
 
 
 @triton.jit

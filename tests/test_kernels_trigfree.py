@@ -215,6 +215,32 @@ def test_torch_fold_groups_and_blocks_bitwise_identical(precision, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_at_large_phases_match_fp64(backend):
+    """Every gradient of the training op (fmm_linear_autograd: the trig-free forward and backward
+    kernels) at phases up to ~30 against autograd through the plain statement in fp64 (exact
+    phase). Relative L2 <= 1e-5 per tensor, the bar of tests/test_kernels_backward.py (sums of
+    <= 105 fp32 terms: ~sqrt(n) u = 6e-7 typical; the embedding adds ~8 u per unit weight)."""
+    from kernels.linear_backward import fmm_linear_autograd, fmm_linear_backward_reference
+    from tests.test_kernels_backward import assert_close
+    kw = make_case(12, E=37, F=3, h=5, w=7, KX=9, N=6, x_rows=40, pre=True, pre_rows=20,
+                   bias=True, act=True)
+    kw["emb_A"], kw["emb_b"], kw["xs"], kw["ys"] = _phase_inputs(12, 37, 3, 5, 7)
+    assert _exact_phase(kw["emb_A"], kw["emb_b"], kw["xs"], kw["ys"]).abs().max() > 25
+    g = torch.randn(105, 6, generator=torch.Generator().manual_seed(2))
+    names = ("weight", "x", "emb_A", "emb_b", "pre_add", "bias")
+    ref = fmm_linear_backward_reference(
+        g.double(), **{k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                           else v) for k, v in kw.items()})
+    dev = device_for(backend)
+    kd = to_device(kw, dev)
+    leaves = {k: kd[k].clone().requires_grad_(True) for k in names}
+    y = fmm_linear_autograd(**{**kd, **leaves}, backend=backend)
+    grads = torch.autograd.grad(y, [leaves[k] for k in names], g.to(dev))
+    for k, got in zip(names, grads):
+        assert_close(got.cpu(), getattr(ref, k), f"{backend} d{k}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bf16_psnr_vs_fp32(backend):
     """A b4-like chain at the official phase range: embedding layer (E = 64 -> 32 channels, lrelu),
     a 32 -> 32 layer, ToRGB to uint8, 2 frames of 32 x 32. bf16 vs fp32 uint8 PSNR >= 40 dB."""
@@ -242,10 +268,12 @@ def test_bf16_psnr_vs_fp32(backend):
 
 
 def test_no_sin_cos_in_the_gemm_kernel_source():
-    """The forward GEMM kernel evaluates no transcendental (the compiled PTX is checked by
+    """The forward and backward GEMM kernels evaluate no sin/cos (the compiled PTX is checked by
     kernels/compile_check.py; this is the cheap source-level guard)."""
+    from kernels import _linear_backward_triton as B
     from kernels import _linear_triton as L
-    assert not _trig_calls(L._fmm_linear_kernel)
+    for kernel in (L._fmm_linear_kernel, L._angle_add, B._fmm_bwd_da_kernel, B._fmm_bwd_dw_kernel):
+        assert not _trig_calls(kernel), kernel.fn.__name__
 
 
 def _trig_calls(kernel):
