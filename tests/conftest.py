@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device and TRITON_INTERPRET=0 (compiled kernels)")
     tests_dir = Path(__file__).resolve().parent
     for item in items:
-        if "gpu" in item.keywords and tests_dir in Path(str(item.fspath)).resolve().parents:
+        if "gpu" in item.keywords and tests_dir in Path(item.path).resolve().parents:
             item.add_marker(skip)
 
 
