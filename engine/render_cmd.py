@@ -420,8 +420,8 @@ def cmd_render(args) -> int:
 
     from .executor import Renderer
     from .preview import sample_indices, write_preview
-    from .segments import SegmentedWriter
-    from .sink import validate_sink_args
+    from .segments import SegmentedWriter, recorded_backends
+    from .sink import available_codecs, validate_sink_args
 
     check_numbers(args)
     # torchrun: rank r renders segments r, r + W, ...; rank 0 joins them after a barrier.
@@ -461,6 +461,14 @@ def cmd_render(args) -> int:
     writers = []
     try:
         for path, req, grid, renderer, W, H, codec, png in planned:
+            encoder = args.encoder
+            if args.resume and encoder == "auto" and not png:
+                # continue with the encoder that wrote the finished segments (they join only with
+                # segments of the same encoder build), when it can still encode this codec
+                used = recorded_backends(path)
+                if len(used) == 1 and next(iter(used)) in ("native", "pyav") and \
+                        codec in available_codecs(next(iter(used))):
+                    encoder = next(iter(used))
             T = renderer.plan.num_frames
             settings = dict(codec=codec, crf=args.crf, preset=args.preset, fps=args.fps, width=W, height=H,
                             segment_frames=args.segment_frames, grid=list(grid))
@@ -469,7 +477,7 @@ def cmd_render(args) -> int:
                 path, request_hash=key, total_frames=T, width=W, height=H, fps=args.fps, codec=codec,
                 crf=None if png else args.crf, preset=None if png else args.preset,
                 segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite and not args.resume,
-                backend=args.encoder, rank=rank, world_size=world))
+                backend=encoder, rank=rank, world_size=world, replace_output=args.overwrite))
         if not args.quiet:
             print(f"model: {desc} (sha256 {mid[:12]})", file=sys.stderr)
         for (path, req, grid, renderer, W, H, codec, png), writer in zip(planned, writers):

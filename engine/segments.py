@@ -247,7 +247,8 @@ class SegmentedWriter:
                  codec: str = "libx264", crf: Optional[int] = None, preset: Optional[str] = "medium",
                  gop: Optional[int] = None, backend: str = "auto", segment_frames: int = 64,
                  resume: bool = False, queue_size: int = 8, input_format: str = "rgb24", rank: int = 0,
-                 world_size: int = 1, keep_parts: bool = False, overwrite: bool = False):
+                 world_size: int = 1, keep_parts: bool = False, overwrite: bool = False,
+                 replace_output: bool = True):
         out_path = os.fspath(out_path)
         if not isinstance(request_hash, str) or not request_hash:
             raise SinkConfigError("request_hash must be a non-empty string")
@@ -274,6 +275,8 @@ class SegmentedWriter:
         self.spec: SinkSpec = spec
         self.rank, self.world_size = rank, world_size
         self.keep_parts = keep_parts
+        self.replace_output = replace_output  # False: an existing output is an error, even one that
+        # appears while this render runs (another process's): the join never clobbers it
         self.parts_dir = out_path.rstrip("/" + os.sep) + ".parts"
         self.ext = "" if self.png else {"mp4": ".mp4", "matroska": ".mkv", "mov": ".mov"}[spec.container]
         self.segments = plan_segments(total_frames, segment_frames)
@@ -405,7 +408,16 @@ class SegmentedWriter:
             if n != self.total_frames:
                 raise SegmentError(f"joined {n} frames, expected {self.total_frames}")
             fsync_and_hash(tmp)
-            os.replace(tmp, self.out_path)
+            if self.replace_output:
+                os.replace(tmp, self.out_path)
+            else:
+                try:
+                    os.link(tmp, self.out_path)  # atomic, and fails instead of replacing
+                except FileExistsError:
+                    raise SegmentError(f"{self.out_path} appeared while this render ran (another process wrote "
+                                       "it): the finished segments stay; pass -y/--overwrite and --resume to "
+                                       "replace it") from None
+                os.unlink(tmp)
             fsync_dir(os.path.dirname(os.path.abspath(self.out_path)))
         except SegmentError as exc:
             _remove_partial(tmp)
@@ -421,6 +433,9 @@ class SegmentedWriter:
     def _finalize_png(self) -> str:
         """Move every frame into the output folder (each move atomic), then drop the parts."""
         os.makedirs(self.out_path, exist_ok=True)
+        if not self.replace_output and any(n.endswith(".png") for n in os.listdir(self.out_path)):
+            raise SegmentError(f"{self.out_path} got PNG frames while this render ran (another process wrote "
+                               "them): the finished segments stay; pass -y/--overwrite and --resume to replace them")
         for name in os.listdir(self.out_path):  # frames of an earlier render (overwritten on purpose)
             if re.match(r"^frame_\d{6}\.png$", name):
                 _remove_partial(os.path.join(self.out_path, name))
@@ -554,6 +569,10 @@ class SegmentedWriter:
             raise
 
     def _check_and_compact(self, resume: bool, overwrite: bool) -> None:
+        if not self.replace_output and self.rank == 0 and os.path.lexists(self.out_path) and not (
+                self.png and os.path.isdir(self.out_path) and not any(n.endswith(".png") for n in os.listdir(self.out_path))):
+            raise ResumeError(f"{self.out_path} already exists: pass -y/--overwrite to replace it, or choose "
+                              "another output path")
         m = self._read_manifest()
         if m is None:
             foreign = sorted(n for n in os.listdir(self.parts_dir) if not _OWN_FILE.match(n))
@@ -704,6 +723,31 @@ class SegmentedWriter:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def recorded_backends(out_path) -> set:
+    """Encoder backends ('native', 'pyav', 'png') of the finished segments in `out_path`'s parts
+    folder (empty when there is none or it cannot be read): lets a resume with encoder 'auto'
+    continue with the encoder that wrote them, so that they join without encoding them again."""
+    parts = os.fspath(out_path).rstrip("/" + os.sep) + ".parts"
+    recs = []
+    try:
+        with open(os.path.join(parts, MANIFEST_NAME)) as f:
+            recs = list((json.load(f).get("segments") or {}).values())
+    except (OSError, ValueError, AttributeError):
+        return set()
+    try:
+        with open(os.path.join(parts, JOURNAL_NAME)) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("add"), dict):
+                    recs.append(entry["add"])
+    except OSError:
+        pass
+    return {str(r.get("encoder", "")).split(" ")[0] for r in recs if isinstance(r, dict)} - {""}
 
 
 def _test_hook(event: str, index: int) -> None:

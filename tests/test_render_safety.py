@@ -312,6 +312,21 @@ def test_resume_native_segments_with_pyav_encoder(ckpt, tmp_path, monkeypatch, c
     assert rc == 0, err
 
 
+def test_resume_with_encoder_auto_keeps_the_segments_encoder(ckpt, tmp_path, monkeypatch, capsys):
+    """PyAV segments resumed with --encoder auto (which would pick native here): the resume goes on
+    with PyAV, reusing the finished segments instead of encoding them again."""
+    path, G = ckpt
+    out = tmp_path / "auto.mkv"
+    common = ["render", "-c", path, "--seeds", "8", *SMALL, "-o", out]
+    monkeypatch.setenv("DIGAN_TEST_INTERRUPT", "segment:1")
+    assert run(*common, "--encoder", "pyav", capsys=capsys)[0] == 130
+    monkeypatch.delenv("DIGAN_TEST_INTERRUPT")
+    rc, err = run(*[a for a in common if a != "-q"], "--resume", capsys=capsys)
+    assert rc == 0, err
+    assert "resume: 8 frames already rendered" in err and "another encoder build" not in err, err
+    assert np.array_equal(decode(out), frames_of(G, seeds=[8], frames=12))
+
+
 # ---- interruptions: Ctrl-C and SIGTERM -----------------------------------------------------------
 
 @pytest.mark.parametrize("how,rc_expected", [("segment:1", 130), ("segment:1:SIGTERM", 143),

@@ -271,3 +271,21 @@ def test_bad_segment_requests(tmp_path, clip):
     assert parts_files(tmp_path / "c.mkv") == [".lock", ".render.lock", "manifest.json"]
     w.close()  # no segment was ever finished: the folder goes
     assert not Path(str(tmp_path / "c.mkv") + ".parts").exists()
+
+
+def test_output_appearing_meanwhile_is_not_clobbered(tmp_path, clip):
+    """replace_output=False (the CLI without -y): an output written by someone else while this
+    render ran is kept, the join fails naming -y, and the finished segments stay for --resume."""
+    out = tmp_path / "n.mkv"
+    w = writer(out, replace_output=False)
+    for s in w.pending_segments():
+        w.write_segment(s.index, clip[s.start:s.end])
+    out.write_bytes(b"someone else's")
+    with pytest.raises(SegmentError, match="appeared while this render ran.*-y/--overwrite"):
+        w.finalize()
+    assert out.read_bytes() == b"someone else's" and not Path(str(out) + ".tmp").exists()
+    w.close()
+    with pytest.raises(ResumeError, match="already exists"):
+        writer(out, resume=True, replace_output=False)
+    w = writer(out, resume=True)  # replace_output=True (-y): reuses every segment
+    assert w.pending_segments() == [] and np.array_equal(decode_video(w.finalize()).frames, clip)
