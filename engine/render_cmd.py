@@ -1,7 +1,14 @@
 """`digan render`: request -> plan -> frames -> segments -> final file, with resume and progress.
 
-Everything a request can get wrong is checked before any frame is rendered (sizes that cannot
-nest, zero frames, unknown codec, unwritable output, a missing or corrupt checkpoint)."""
+Everything a request can get wrong is checked before anything is created on disk: numbers that are
+not finite or out of range, a frame count past MAX_FRAMES, the device, seeds and labels (naming the
+option), sizes that cannot nest or that the encoder refuses, an extension no codec writes, an
+unwritable output, a missing or corrupt checkpoint, an existing output without -y, a parts folder
+with finished work without --resume/--overwrite, another render holding that folder.
+
+The model is identified by the sha256 of its tensors (`model_fingerprint`), never by its name, so
+a --resume after the model changed is refused instead of mixing two models in one video.
+Ctrl-C and SIGTERM stop cleanly (exit 130 / 143) and say how many segments are kept for --resume."""
 from __future__ import annotations
 
 import argparse
