@@ -168,6 +168,7 @@ class Evaluator:
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.batch_size, self.gen_batch_size, self.progress = batch_size, gen_batch_size, progress
         self._memory: Dict[str, torch.Tensor] = {}
+        self._fingerprint = None  # (dataset, its fingerprint)
         self.i3d_resolution = I3D_RESOLUTION  # 224 is DIGAN's; benchmarks may lower it (not an FVD then)
 
     # -- features -------------------------------------------------------------------------------
@@ -186,7 +187,9 @@ class Evaluator:
         return torch.cat(out)
 
     def real_key(self, dataset, protocol: Protocol, trial: int) -> str:
-        blob = json.dumps([_CACHE_VERSION, dataset_fingerprint(dataset), protocol.num_videos, protocol.frames,
+        if self._fingerprint is None or self._fingerprint[0] is not dataset:  # stat the files once per dataset
+            self._fingerprint = (dataset, dataset_fingerprint(dataset))
+        blob = json.dumps([_CACHE_VERSION, self._fingerprint[1], protocol.num_videos, protocol.frames,
                            protocol.trial_seeds(trial)["real"], self.detector_hash, self.i3d_resolution])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
