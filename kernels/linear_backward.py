@@ -396,10 +396,11 @@ def _triton_bwd_config(KX: int, E: int, N: int, M: int, precision: str) -> dict:
         # BLOCK_N here, to be >= 64 (ToRGB's N = 3 got mma.sync); rows past N are masked off.
         dw["BLOCK_N"] = 64
     elif E:
-        # fp32 with the embedding (two FMA accumulators plus sin/cos with their range-reduction
-        # slow path): 64x32 on 4 warps got 32 registers and 4.4 KB spill stores on sm_90 and
-        # sm_80. 64x16 on 8 warps: no spill (see kernels/compile_check.py). The row step
-        # BLOCK_M, and with it the reduction order, is unchanged; keyed on the shape only.
+        # fp32 with the embedding (two FMA accumulators plus the embedding operand built in the
+        # prologue): 64x32 on 4 warps got 32 registers and 4.4 KB spill stores on sm_90 and sm_80
+        # (with libdevice sin/cos in the loop); 64x16 on 8 warps spills nothing on either arch,
+        # before and after the trig-free embedding (make compile-check). The row step BLOCK_M,
+        # and with it the reduction order, is unchanged; keyed on the shape only, never on M.
         dw.update(BLOCK_K=16, num_warps=8)
     return dict(
         dy=dict(BLOCK_M=64, BLOCK_N=min(128, max(16, 1 << (N - 1).bit_length()))),
