@@ -46,5 +46,17 @@ lint: deps
 bench: deps
 	$(PY) -m pytest -q bench/ --benchmark-only --benchmark-enable
 
+.PHONY: compile-check gpu-check
+# Compile every Triton kernel variant the launchers launch, for sm_90 and sm_80, without a GPU
+# (kernels/compile_check.py; ~3 min on 2 idle cores): fails on a compile error, spills, shared
+# memory over the arch's limit, or a bf16/tf32 GEMM that is not wgmma on sm_90.
+compile-check: deps
+	TRITON_INTERPRET=0 $(PY) -m kernels.compile_check --out build/compile-report.json
+
+# On a lent GPU, from the checkout (nothing installed there): GPU tests, render and kernel
+# benchmarks in <= 8 min, written to bench/RESULTS.md. Without CUDA it says so and exits 0.
+gpu-check:
+	PYTHONPATH=. $(PY) bench/gpu_check.py --write
+
 clean:
 	rm -rf build *.egg-info engine/_framestream*.so renders
