@@ -51,7 +51,8 @@ def _fmm_linear_kernel(
     x_ptr,             # (MX, KX) activations fp32/bf16, row stride stride_xm
     x_index_ptr,       # (M,) int64: row of x read by output row m (HAS_X_INDEX)
     w_ptr,             # (N, KX + 2E) weight [W_x | W_sin | W_cos] fp32/bf16, row stride stride_wn
-    wf_ptr,            # (F, N, 2E) fp32 per-frame folded weights [W'_sin(f) | W'_cos(f)], contiguous
+    wf_ptr,            # (F, N, 2E) per-frame folded weights [W'_sin(f) | W'_cos(f)] (fp32; bf16 for
+                       # BF16_OPERANDS), contiguous
     tx_ptr,            # (TW, 2E) fp32 [sin X | cos X] per tile column, X = A0*xs[j], contiguous
     ty_ptr,            # (TH, 2E) fp32 [sin Y | cos Y] per tile row, Y = A1*ys[i], contiguous
     pre_ptr,           # (MP, N) addend before bias/activation, row stride stride_pre
