@@ -218,17 +218,20 @@ def assert_uint8_matches(actual: torch.Tensor, exact_value, slack):
 # ---- compiling the kernels for a GPU without one ------------------------------------------------
 
 def gpu_compile_stats(which: str, timeout: float = 600.0) -> dict:
-    """Compile the Triton kernels of `which` ('linear', 'modulate', 'rgb') for sm_90 (Hopper) in a
-    subprocess with TRITON_INTERPRET=0: no GPU is needed, only the triton wheel's compiler. Returns
-    {variant: {ptx instruction: count}} so tests can check the generated code (e.g. no TF32 MMA in
-    fp32 mode, no approximate sin)."""
+    """Compile, for sm_90 (Hopper), the Triton kernel variants that the real launchers of `which`
+    ('linear', 'modulate', 'rgb', 'backward') launch, in a subprocess with TRITON_INTERPRET=0: no
+    GPU is needed, only the triton wheel's compiler (kernels/compile_check.py's stand-in driver:
+    the launchers run on CPU tensors, the binder specialises as on a GPU, nothing is launched).
+    Returns {variant: {ptx instruction: count}} so tests can check the generated code (e.g. no
+    TF32 MMA in fp32 mode, no approximate sin). Variants are named '<launch>' ('<precision>-<layer>'
+    for 'linear'), or '<launch>:<kernel>' for 'backward' (one launch runs several kernels)."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     code = ("import json, tests.kernel_utils as ku; "
-            f"print('@@' + json.dumps(ku._compile_stats({which!r})))")
+            f"print('@@' + json.dumps(ku._launched_stats({which!r})))")
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1],
                        capture_output=True, text=True, timeout=timeout)
@@ -240,60 +243,77 @@ _PTX_COUNTS = ("wgmma", "mma.sync", "sin.approx", "cos.approx", "fma.rn", "div.r
                "cvt.rn.bf16")
 
 
-def _compile(kernel, types: dict, constexprs: dict, **options) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+def _launches(which: str) -> dict:
+    """{launch name: thunk} calling the real launchers the way the engine and the trainer do
+    (engine/executor.py render_tile, digan/fast_synthesis.py), on uninitialised CPU tensors with
+    the official 128x128 model's layer shapes (values never matter: nothing is launched)."""
+    import torch
 
-    names = kernel.arg_names
-    sig = {n: ("constexpr" if n in constexprs else types[n]) for n in names}
-    src = ASTSource(fn=kernel, signature=sig,
-                    constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
-    return {s: ptx.count(s) for s in _PTX_COUNTS}
-
-
-def _compile_stats(which: str) -> dict:
-    """Runs in the subprocess of gpu_compile_stats (TRITON_INTERPRET=0)."""
-    stats = {}
+    e = torch.empty
+    E, C, T, side = 128, 512, 2, 32                  # frequencies, channels, frames, tile side
+    M = T * side * side
+    emb = lambda: dict(emb_A=e(E, 2), emb_b=e(T, E), xs=e(side), ys=e(side))  # noqa: E731
+    idx = lambda: torch.zeros(M, dtype=torch.int64)                           # noqa: E731
+    out = {}
     if which == "linear":
-        from kernels import _linear_triton as L
-        from kernels.linear import _triton_config
-        ptr = dict(x_ptr="*fp32", x_index_ptr="*i64", w_ptr="*fp32", emb_a_ptr="*fp32",
-                   emb_b_ptr="*fp32", xs_ptr="*fp32", ys_ptr="*fp32", pre_ptr="*fp32",
-                   pre_index_ptr="*i64", bias_ptr="*fp32", post_ptr="*fp32", post_index_ptr="*i64",
-                   out_ptr="*fp32", gain="fp32", clamp="fp32")
-        ints = {n: "i32" for n in ("M", "N", "KX", "E", "TH", "TW", "stride_xm", "stride_wn",
-                                   "stride_pre", "stride_post", "stride_om")}
-        for precision, out, x in [("fp32", "*fp32", "*fp32"), ("tf32", "*fp32", "*fp32"),
-                                  ("bf16", "*bf16", "*bf16"), ("fp32", "*u8", "*fp32")]:
-            N = 3 if out == "*u8" else 512
-            cfg = _triton_config(512, 128, N, precision)
-            flags = dict(HAS_X=True, HAS_X_INDEX=True, HAS_EMB=True, HAS_PRE=True, HAS_PRE_INDEX=True,
-                         HAS_BIAS=True, ACT=True, HAS_CLAMP=True, HAS_POST=True, HAS_POST_INDEX=True,
-                         OUT_UINT8=out == "*u8", DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
-                         BF16_OPERANDS=precision == "bf16", INTERPRETER=False, ROUND_BF16_STORE=False,
-                         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
-            stats[f"{precision}-{out[1:]}"] = _compile(
-                L._fmm_linear_kernel, {**ptr, **ints, "out_ptr": out, "x_ptr": x}, flags,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], enable_fp_fusion=False)
+        from kernels.linear import fmm_linear_triton as lin
+        for p in ("fp32", "tf32", "bf16"):
+            dt = torch.bfloat16 if p == "bf16" else torch.float32
+            act = dict(bias=e(C), act=True, clamp=256.0, precision=p, out_dtype=dt)
+            out[f"{p}-emb"] = lambda act=act: lin(e(C, 2 * E).to(act["out_dtype"]), None, **emb(), **act)
+            out[f"{p}-conv"] = lambda act=act, dt=dt: lin(e(C, C).to(dt), e(M, C).to(dt), **act)
+            out[f"{p}-split-x"] = lambda p=p, dt=dt: lin(e(C, C).to(dt), e(M // 4, C).to(dt), precision=p,
+                                                         out_dtype=torch.float32)
+            out[f"{p}-split-emb"] = lambda act=act, dt=dt: lin(e(C, 2 * E).to(dt), None, **emb(),
+                                                               pre_add=e(M // 4, C), pre_index=idx(), **act)
+            out[f"{p}-torgb"] = lambda p=p, dt=dt: lin(e(3, C).to(dt), e(M, C).to(dt), bias=e(3), clamp=256.0,
+                                                       post_add=e(M // 4, 3), post_index=idx(), precision=p,
+                                                       out_dtype=torch.float32)
+            out[f"{p}-torgb-u8"] = lambda p=p, dt=dt: lin(e(3, C).to(dt), e(M, C).to(dt), bias=e(3),
+                                                          clamp=256.0, post_add=e(M // 4, 3),
+                                                          post_index=idx(), precision=p, out_uint8=True)
     elif which == "modulate":
-        from kernels import _modulate_triton as Mo
-        stats["bf16"] = _compile(
-            Mo._fmm_modulate_kernel,
-            dict(weight_ptr="*fp32", styles_ptr="*fp32", out_ptr="*bf16", COUT="i32", CIN="i32",
-                 stride_wo="i32", stride_sb="i32", sqrt_rank="fp32"),
-            dict(RANK=10, RANK_PAD=16, DEMODULATE=True, ROUND_BF16_STORE=False, BLOCK_O=32, BLOCK_I=64),
-            num_warps=4, enable_fp_fusion=False)
+        from kernels.modulate import fmm_modulate_triton
+        for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            out[name] = lambda dt=dt: fmm_modulate_triton(e(C, C), e(2, 2 * C * 10), 10, out_dtype=dt)
     elif which == "rgb":
-        from kernels import _rgb_triton as R
-        from kernels.rgb import YUV_COEFFS
-        stats["to_uint8"] = _compile(R._to_uint8_kernel, dict(x_ptr="*fp32", out_ptr="*u8", NUMEL="i32"),
-                                     dict(BLOCK=1024), num_warps=4, enable_fp_fusion=False)
-        coeffs = {f"{p}_{c}": v for p in "YUV" for c, v in zip("RGB", YUV_COEFFS[p])}
-        stats["yuv420"] = _compile(R._rgb_to_yuv420_kernel,
-                                   dict(rgb_ptr="*u8", out_ptr="*u8", H="i32", W="i32"),
-                                   dict(coeffs, BLOCK=256), num_warps=4, enable_fp_fusion=False)
+        from kernels.rgb import rgb_to_yuv420_triton, to_uint8_triton
+        out["to_uint8"] = lambda: to_uint8_triton(e(2, 3, 64, 64))
+        out["yuv420"] = lambda: rgb_to_yuv420_triton(e((2, 64, 64, 3), dtype=torch.uint8))
+    elif which == "backward":
+        from kernels.linear_backward import fmm_linear_backward_triton as bwd
+        from kernels.modulate_backward import fmm_modulate_backward_triton
+        for p in ("fp32", "tf32", "bf16"):
+            g = lambda n=C: e(M, n)                                                 # noqa: E731
+            out[f"{p}-emb"] = lambda p=p: bwd(g(), e(C, 2 * E), None, out=g(), **emb(), has_bias=True,
+                                              act=True, clamp=256.0, precision=p)
+            out[f"{p}-conv"] = lambda p=p: bwd(g(), e(C, C), e(M, C), out=g(), has_bias=True, act=True,
+                                               clamp=256.0, precision=p)
+            out[f"{p}-upconv"] = lambda p=p: bwd(g(), e(C, C), e(M // 4, C), out=g(), x_index=idx(),
+                                                 has_bias=True, act=True, clamp=256.0, precision=p)
+            out[f"{p}-torgb"] = lambda p=p: bwd(g(3), e(3, C), e(M, C), out=g(3), has_bias=True,
+                                                clamp=256.0, post_rows=M // 4, post_index=idx(), precision=p)
+        out["modulate"] = lambda: fmm_modulate_backward_triton(e(2, C, C), e(C, C), e(2, 2 * C * 10), 10)
     else:
-        raise ValueError(which)
+        raise ValueError(f"unknown kernel family {which!r}")
+    return out
+
+
+def _launched_stats(which: str) -> dict:
+    """Runs in the subprocess of gpu_compile_stats (TRITON_INTERPRET=0)."""
+    from kernels import compile_check as C
+
+    cap = C._Capture(90)
+    with C.stand_in_gpu(cap):
+        for name, launch in _launches(which).items():
+            cap.scenario = C.Scenario(name, "test", 128, 1, "fp32", 1)
+            launch()
+    assert not cap.errors, cap.errors
+    stats = {}
+    for entry in cap.kernels.values():
+        ptx = entry["kernel"].asm["ptx"]
+        counts = {s: ptx.count(s) for s in _PTX_COUNTS}
+        for name in entry["scenarios"]:
+            key = f"{name}:{entry['kernel'].metadata.name}" if which == "backward" else name
+            stats[key] = counts
     return stats

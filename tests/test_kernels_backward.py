@@ -511,73 +511,22 @@ def test_fmm_modulate_forward_is_unchanged():
 
 # ---- compiling the backward kernels for a GPU without one ---------------------------------------
 
-def _compile_stats() -> dict:
-    """Runs in a subprocess with TRITON_INTERPRET=0: PTX instruction counts of every backward
-    kernel compiled for sm_90 (see tests/kernel_utils.gpu_compile_stats)."""
-    from kernels import _linear_backward_triton as LB
-    from kernels import _modulate_backward_triton as MB
-    from tests.kernel_utils import _compile
-
-    i32 = "i32"
-    stats = {"dy": _compile(
-        LB._fmm_bwd_dy_kernel,
-        dict(g_ptr="*fp32", out_ptr="*fp32", dyp_ptr="*fp32", bias_part_ptr="*fp32", M=i32, N=i32,
-             stride_g=i32, stride_o=i32, gain="fp32", clamp="fp32"),
-        dict(ACT=True, HAS_CLAMP=True, HAS_BIAS=True, BLOCK_M=64, BLOCK_N=128),
-        num_warps=4, enable_fp_fusion=False)}
-    for precision in ("fp32", "tf32", "bf16"):
-        cfg = lb_mod._triton_bwd_config(512, 128, 512, 1 << 15, precision)
-        dot = dict(DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
-                   BF16_OPERANDS=precision == "bf16", INTERPRETER=False)
-        emb = dict(emb_a_ptr="*fp32", emb_b_ptr="*fp32", xs_ptr="*fp32", ys_ptr="*fp32")
-        stats[f"da-{precision}"] = _compile(
-            LB._fmm_bwd_da_kernel,
-            dict(dyp_ptr="*fp32", w_ptr="*fp32", dx_ptr="*fp32", demb_part_ptr="*fp32", **emb,
-                 M=i32, N=i32, KX=i32, E=i32, HW=i32, TW=i32, MB=i32, stride_wn=i32),
-            dict(NEED_X=True, NEED_EMB=True, **dot, **cfg["da"]),
-            num_warps=4, num_stages=3, enable_fp_fusion=False)
-        stats[f"dw-{precision}"] = _compile(
-            LB._fmm_bwd_dw_kernel,
-            dict(dyp_ptr="*fp32", x_ptr="*fp32", x_index_ptr="*i64", dw_ptr="*fp32", **emb, M=i32,
-                 N=i32, KX=i32, E=i32, HW=i32, TW=i32, ROWS_PER_SPLIT=i32, stride_xm=i32),
-            dict(NEED_X=True, HAS_X_INDEX=True, NEED_EMB=True, **dot, **cfg["dw"]),
-            num_warps=4, num_stages=3, enable_fp_fusion=False)
-    stats["segment_sum"] = _compile(
-        LB._segment_sum_kernel,
-        dict(src_ptr="*fp32", order_ptr="*i64", start_ptr="*i64", out_ptr="*fp32", N=i32,
-             stride_src=i32), dict(BLOCK_N=256), num_warps=4)
-    stats["modulate"] = _compile(
-        MB._fmm_modulate_bwd_kernel,
-        dict(grad_ptr="*fp32", weight_ptr="*fp32", styles_ptr="*fp32", dw_part_ptr="*fp32",
-             dstyles_ptr="*fp32", dr_part_ptr="*fp32", COUT=i32, CIN=i32, NOB=i32, stride_wo=i32,
-             stride_sb=i32, sqrt_rank="fp32"),
-        dict(RANK=10, RANK_PAD=16, DEMODULATE=True, BLOCK_O=32, BLOCK_I=64),
-        num_warps=4, enable_fp_fusion=False)
-    return stats
-
-
 @pytest.mark.slow
 @needs_triton
 def test_backward_kernels_compile_for_hopper():
-    """Every backward kernel compiles for sm_90 (no GPU needed; ~20 s). fp32 GEMMs must not use
+    """Every backward kernel variant the launchers launch (embedding, conv, upsampled conv with a
+    gathered x, ToRGB with a scattered skip; fp32 / tf32 / bf16; the modulate backward) compiles
+    for sm_90 (no GPU needed; see tests/kernel_utils.gpu_compile_stats). fp32 GEMMs must not use
     TF32 tensor cores (tl.dot defaults to TF32 unless input_precision="ieee"); tf32 / bf16 do;
     sin / cos come from libdevice, never sin.approx / cos.approx."""
-    import json
-    import os
-    import subprocess
-    from pathlib import Path
+    from tests.kernel_utils import gpu_compile_stats
 
-    code = ("import json, tests.test_kernels_backward as t; "
-            "print('@@' + json.dumps(t._compile_stats()))")
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "0"},
-                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, f"compiling the backward kernels for sm_90 failed:\n{r.stderr[-4000:]}"
-    stats = json.loads(r.stdout.split("@@", 1)[1])
+    stats = gpu_compile_stats("backward", timeout=900)
+    assert any(k.endswith(":_fmm_bwd_dw_kernel") for k in stats), sorted(stats)
     for name, counts in stats.items():
         assert counts["sin.approx"] == 0 and counts["cos.approx"] == 0, (name, counts)
         tensor_cores = counts["wgmma"] + counts["mma.sync"]
-        if name.startswith(("da-", "dw-")):
-            assert (tensor_cores == 0) == name.endswith("fp32"), (name, counts)
+        if name.endswith((":_fmm_bwd_da_kernel", ":_fmm_bwd_dw_kernel")):
+            assert (tensor_cores == 0) == name.startswith("fp32"), (name, counts)
         else:
             assert tensor_cores == 0, (name, counts)
