@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import builtins as _builtins
 import collections
+import contextvars
 import io
 import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import struct
 import warnings
@@ -46,7 +48,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 import torch
 
-from .config import DiscriminatorConfig, GeneratorConfig
+from .config import DiscriminatorConfig, GeneratorConfig, _brief
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -143,13 +145,185 @@ class _BadData(Exception):
         self.unsafe = unsafe
 
 
+# ---- the size budget of one unpickle -------------------------------------------------------------
+# A pickle is a program: a few bytes can ask for list(range(3e8)) or bytearray(1e10). Everything an
+# allowed callable allocates is charged, before it is allocated, to the budget of the file being
+# read: twice its size (tensor storages are copies of bytes that are in the file) plus 64 MiB for
+# the small Python values (config dicts) a real network pickle builds. Refusal is then a matter of
+# a few operations, whatever the pickle asks for.
+UNPICKLE_BUDGET_SLACK = 64 << 20
+MAX_CALL_ITEMS = 1 << 22          # items one builtin call may build (4M: far beyond any config)
+MAX_PLAIN_VALUES = 100_000        # values one to_plain result may expand to (shared references count
+                                  # once per reference: they are what repr/compare would walk)
+MAX_MODULES = 10_000              # sub-module visits per network (DIGAN-128 G has ~150 modules)
+MAX_FLAT_ENTRIES = 1_000_000      # dict entries visited while flattening a torch.save state dict
+
+
+class _Budget:
+    def __init__(self, limit: int):
+        self.limit, self.used = int(limit), 0
+
+    def charge(self, n: int, what: str) -> None:
+        self.used += max(int(n), 0)
+        if self.used > self.limit:
+            raise _BadData(f"{what} would take what the pickle builds past its size budget ({self.limit} bytes: "
+                           f"twice the file plus {UNPICKLE_BUDGET_SLACK >> 20} MiB); this is not a network pickle")
+
+
+_BUDGET: contextvars.ContextVar = contextvars.ContextVar("digan_unpickle_budget", default=None)
+
+
+def _charge(n: int, what: str) -> None:
+    budget = _BUDGET.get()
+    if budget is None:  # called outside _unpickle (direct use in tests): a fresh default budget
+        budget = _Budget(UNPICKLE_BUDGET_SLACK)
+    budget.charge(n, what)
+
+
+def _length(x: Any, what: str) -> int:
+    """len() of an argument that a builtin will iterate; only finite, already-built data."""
+    if not isinstance(x, (list, tuple, set, frozenset, dict, str, bytes, bytearray, range)):
+        raise _BadData(f"{what} of a {type(x).__name__} (only lists, tuples, sets, dicts, strings, bytes "
+                       f"and ranges are read)")
+    try:
+        n = len(x)
+    except OverflowError:
+        n = MAX_CALL_ITEMS + 1
+    if n > MAX_CALL_ITEMS:
+        raise _BadData(f"{what} of {n if n <= 1 << 62 else 'more than 2**62'} items (at most {MAX_CALL_ITEMS})")
+    return n
+
+
+_KEY_SCALARS = (str, bytes, int, float, complex, bool, type(None), torch.dtype, type, np.generic)
+
+
+def _check_key(k: Any, what: str = "a dict key") -> None:
+    """Keys and set elements are hashed (and compared) on insertion: a tuple of shared tuples 60
+    levels deep takes 2**60 steps to hash. Only plain values and shallow tuples of them are keys."""
+    count = 0
+
+    def walk(x, depth):
+        nonlocal count
+        count += 1
+        if count > 1024 or depth > 4:
+            raise _BadData(f"{what} is a large or deeply nested tuple (checkpoint keys are plain values)")
+        if isinstance(x, (_KEY_SCALARS, _TypeRef, _Inert)):
+            return
+        if isinstance(x, frozenset):  # its elements were checked when it was built; its hash is cached
+            count += len(x)
+            return
+        if isinstance(x, tuple):
+            for v in x:
+                walk(v, depth + 1)
+            return
+        raise _BadData(f"{what} is a {type(x).__name__}, not a plain value")
+
+    walk(k, 0)
+
+
+def _pairs(x: Any, what: str) -> List[Tuple[Any, Any]]:
+    """Key/value pairs of a dict-like argument (dict or sequence of pairs), keys checked, charged."""
+    n = _length(x, what)
+    _charge(64 * n, what)
+    if isinstance(x, dict):
+        items = list(x.items())
+    else:
+        items = []
+        for p in x:
+            if not isinstance(p, (tuple, list)) or len(p) != 2:
+                raise _BadData(f"{what}: an item is not a key/value pair")
+            items.append((p[0], p[1]))
+    for k, _ in items:
+        _check_key(k, f"a key of {what}")
+    return items
+
+
+_BUILTIN_SCALARS = (str, bytes, bytearray, int, float, complex, bool, type(None))
+
+
+def _construct(cls: type, args: tuple, kwargs: dict) -> Any:
+    """cls(*args, **kwargs) for an allowed class, with every argument checked and its size charged."""
+    name = getattr(cls, "__name__", "?")
+    what = f"{name}(...)"
+    if isinstance(cls, type) and issubclass(cls, _Inert):
+        return cls.__new__(cls, *args, **kwargs)  # keeps the arguments as data, builds nothing
+    if kwargs and cls is not dict:
+        raise _BadData(f"{what} with keyword arguments")
+    if isinstance(cls, type) and (issubclass(cls, _InertDict) or cls in (dict, collections.OrderedDict)):
+        if len(args) > 1:
+            raise _BadData(f"{what} with {len(args)} arguments")
+        obj = cls.__new__(cls)
+        for k, v in (_pairs(args[0], what) if args else []) + _pairs(kwargs, what):
+            obj[k] = v
+        return obj
+    if cls in (list, tuple, set, frozenset):
+        if len(args) > 1:
+            raise _BadData(f"{what} with {len(args)} arguments")
+        if args:
+            n = _length(args[0], what)
+            _charge(8 * n if cls in (list, tuple) else 64 * n, what)
+            if cls in (set, frozenset):
+                for v in args[0]:
+                    _check_key(v, f"an element of {what}")
+        return cls(*args)
+    if cls in (bytes, bytearray):
+        if len(args) > 3:
+            raise _BadData(f"{what} with {len(args)} arguments")
+        if args:
+            x = args[0]
+            if isinstance(x, int) and not isinstance(x, bool):
+                _charge(x, what)  # bytes(n) allocates n zero bytes
+            elif isinstance(x, str):
+                if len(args) < 2 or not all(isinstance(a, str) for a in args[1:]):
+                    raise _BadData(f"{what} of a string without an encoding")
+                _charge(4 * len(x), what)
+            else:
+                _charge(_length(x, what), what)
+        elif len(args) > 1:
+            raise _BadData(f"{what}: bad arguments")
+        return cls(*args)
+    if cls is str:
+        # str(x) of a container would repr it: a shared structure expands exponentially.
+        if len(args) > 3 or not all(isinstance(a, _BUILTIN_SCALARS) for a in args):
+            raise _BadData(f"{what} of a {type(args[0]).__name__ if args else '?'} (only of plain values)")
+        if args and isinstance(args[0], (bytes, bytearray)):
+            _charge(4 * len(args[0]), what)
+        return cls(*args)
+    if cls in (int, float, complex, bool):
+        if len(args) > 2 or not all(isinstance(a, _BUILTIN_SCALARS) for a in args):
+            raise _BadData(f"{what} of a non-scalar")
+        return cls(*args)
+    if cls in (range, slice):
+        if len(args) > 3 or not all(isinstance(a, (int, type(None))) for a in args):
+            raise _BadData(f"{what} of non-integers")
+        return cls(*args)  # lazy: what iterates it later is charged by its length
+    if cls is object:
+        if args:
+            raise _BadData("object() with arguments")
+        return object()
+    raise _BadData(f"{what} is not an allowed constructor", unsafe=True)
+
+
+def _new(cls: Any, args: tuple, kwargs: dict, op: str) -> Any:
+    """cls.__new__(cls, *args, **kwargs) (NEWOBJ, copyreg.__newobj__) for an allowed class."""
+    if not _is_constructible(cls):
+        raise _BadData(f"{op} of a disallowed class {_brief(cls)}", unsafe=True)
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+        raise _BadData(f"{op} arguments are not a tuple and a dict")
+    if issubclass(cls, _Inert):
+        return cls.__new__(cls, *args, **kwargs)
+    if cls in (list, dict, set, bytearray, collections.OrderedDict) or issubclass(cls, _InertDict):
+        return cls.__new__(cls)  # their __new__ ignores the arguments: the items come later, checked
+    return _construct(cls, args, kwargs)
+
+
 # ---- allowed functions (each validates its arguments; none can reach code) -------------------
 
 def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
     if not isinstance(meta, dict):
         raise _BadData("persistent object meta is not a dict")
     if meta.get("type") != "class":
-        raise _BadData(f"persistent object of type {meta.get('type')!r} is not supported (only 'class')")
+        raise _BadData(f"persistent object of type {_brief(meta.get('type'))} is not supported (only 'class')")
     class_name, state = meta.get("class_name"), meta.get("state")
     if not isinstance(class_name, str) or not isinstance(state, dict):
         raise _BadData("persistent object meta lacks a class_name string or a state dict")
@@ -161,6 +335,8 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
 def _load_storage_from_bytes(b: Any):
     if not isinstance(b, (bytes, bytearray)):
         raise _BadData("storage payload is not bytes")
+    _scan_storage_payload(bytes(b))
+    _charge(len(b), "a tensor storage")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -174,6 +350,61 @@ def _load_storage_from_bytes(b: Any):
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise _BadData(f"storage payload holds a {type(storage).__name__}, not a storage")
     return storage
+
+
+# Storage classes a legacy torch.save of one storage names, and their element sizes.
+_STORAGE_ITEMSIZE = {"FloatStorage": 4, "DoubleStorage": 8, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+                     "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+                     "UntypedStorage": 1, "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16}
+_SCALAR_OPS = {"PROTO", "FRAME", "STOP", "MARK", "NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "INT",
+               "LONG", "LONG1", "LONG4", "BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8", "BINSTRING",
+               "SHORT_BINSTRING", "STRING", "BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE", "BINGET", "LONG_BINGET", "GET",
+               "BINFLOAT", "FLOAT"}
+# The five pickles of a legacy torch.save(storage): magic number, protocol, sys_info dict, the
+# storage's persistent id ('storage', torch.XStorage, key, 'cpu', numel[, None]), storage keys.
+_PAYLOAD_OPS = (_SCALAR_OPS, _SCALAR_OPS, _SCALAR_OPS | {"EMPTY_DICT", "DICT", "SETITEM", "SETITEMS"},
+                _SCALAR_OPS | {"GLOBAL", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE", "BINPERSID"},
+                _SCALAR_OPS | {"EMPTY_LIST", "LIST", "APPEND", "APPENDS"})
+
+
+def _scan_storage_payload(b: bytes) -> None:
+    """Check the bytes given to torch.storage._load_from_bytes before torch reads them.
+
+    torch allocates a storage of the numel its inner pickle declares before reading the data, and its
+    weights-only unpickler allows bytearray(n): a 200-byte payload could ask for gigabytes. Each of the
+    five inner pickles may use only the opcodes that torch.save writes there (no calls at all), the
+    only globals are torch storage classes, and the declared size must fit in the payload."""
+    f = io.BytesIO(b)
+    for i, allowed in enumerate(_PAYLOAD_OPS):
+        try:
+            ops = [(op.name, arg) for op, arg, _ in pickletools.genops(f)]
+        except Exception as e:
+            raise _BadData(f"corrupt tensor storage ({type(e).__name__}: {_first_line(e)})") from None
+        if i != 3:
+            bad = sorted({name for name, _ in ops if name not in allowed})
+            if bad:
+                raise _BadData(f"a tensor storage's header uses the pickle opcodes {', '.join(bad)}, which "
+                               f"torch.save does not write there", unsafe=True)
+            continue
+        itemsize = 0
+        for name, arg in ops:
+            if name == "GLOBAL":
+                module, _, cls = str(arg).partition(" ")
+                if module != "torch" or cls not in _STORAGE_ITEMSIZE:
+                    raise _BadData(f"a tensor storage holds a pickle that is not plain weights (it references "
+                                   f"the global {module}.{cls})", unsafe=True)
+                itemsize = max(itemsize, _STORAGE_ITEMSIZE[cls])
+        bad = sorted({name for name, _ in ops if name not in allowed})
+        if bad:
+            raise _BadData(f"a tensor storage holds a pickle that is not plain weights (it uses the opcodes "
+                           f"{', '.join(bad)})", unsafe=True)
+        if sum(name == "BINPERSID" for name, _ in ops) != 1 or not itemsize:
+            raise _BadData("a tensor storage payload does not hold exactly one storage")
+        numel = max((arg for name, arg in ops if isinstance(arg, int) and name not in ("PROTO", "FRAME") and
+                     "PUT" not in name and "GET" not in name and name != "MEMOIZE"), default=0)
+        if numel * itemsize > len(b):
+            raise _BadData(f"a tensor storage declares {numel} elements of {itemsize} bytes but its payload has "
+                           f"{len(b)} bytes")
 
 
 def _torch_refusal(e: BaseException) -> str:
@@ -192,11 +423,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if not isinstance(storage, torch.storage.TypedStorage):
         raise _BadData("tensor rebuilt from something that is not a storage")
     if not isinstance(storage_offset, int) or storage_offset < 0:
-        raise _BadData(f"bad storage offset {storage_offset!r}")
+        raise _BadData(f"bad storage offset {_brief(storage_offset)}")
     if not isinstance(size, (tuple, list, torch.Size)) or not isinstance(stride, (tuple, list)):
         raise _BadData("bad tensor size/stride")
-    if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in (*size, *stride)):
-        raise _BadData(f"bad tensor size {tuple(size)} / stride {tuple(stride)}")
+    if len(size) > 64 or len(size) != len(stride) or \
+            not all(isinstance(v, int) and v >= 0 for v in (*size, *stride)):
+        raise _BadData(f"bad tensor size {_brief(size)} / stride {_brief(stride)}")
     if backward_hooks:
         raise _BadData("tensor carries backward hooks", unsafe=True)
     if any(n > 1 and s == 0 for n, s in zip(size, stride)):
@@ -239,15 +471,19 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 
 
 def _torch_size(seq=()):
+    if not isinstance(seq, (list, tuple)) or len(seq) > 64:
+        raise _BadData(f"torch.Size of a {type(seq).__name__}{'' if isinstance(seq, (list, tuple)) else ''} "
+                       f"(a list or tuple of at most 64 integers is expected)")
     seq = tuple(seq)
     if not all(isinstance(v, int) for v in seq):
-        raise _BadData(f"torch.Size of non-integers {seq!r}")
+        raise _BadData(f"torch.Size of non-integers {_brief(seq)}")
     return torch.Size(seq)
 
 
 def _torch_device(*args):
-    if not (1 <= len(args) <= 2 and isinstance(args[0], str) and all(isinstance(a, int) for a in args[1:])):
-        raise _BadData(f"bad torch.device arguments {args!r}")
+    if not (1 <= len(args) <= 2 and isinstance(args[0], str) and len(args[0]) < 64 and
+            all(isinstance(a, int) for a in args[1:])):
+        raise _BadData(f"bad torch.device arguments {_brief(args)}")
     return torch.device(*args)
 
 
@@ -264,7 +500,7 @@ def _codecs_encode(obj, encoding="utf-8", *rest):
 
 
 def _np_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype):
+    if not isinstance(dtype, np.dtype) or isinstance(dtype, type):
         raise _BadData("numpy scalar without a dtype")
     if dtype.hasobject:
         return data
@@ -273,15 +509,33 @@ def _np_scalar(dtype, data=None):
     return _np_multiarray.scalar(dtype, bytes(data))
 
 
+_NP_DTYPE_CODE = re.compile(r"[<>|=]?[a-zA-Z]{1,2}[0-9]{0,9}")
+
+
 def _np_dtype(obj, align=False, copy=False):
-    if not isinstance(obj, str) or not isinstance(align, bool) or not isinstance(copy, bool):
-        raise _BadData(f"bad numpy dtype arguments {obj!r}")
+    # numpy pickles a dtype as dtype('f8', False, True) (+ BUILD state): only such simple codes.
+    if not isinstance(obj, str) or not _NP_DTYPE_CODE.fullmatch(obj) or not isinstance(align, bool) or \
+            not isinstance(copy, bool):
+        raise _BadData(f"bad numpy dtype arguments {_brief(obj)}")
     return np.dtype(obj, align, copy)
 
 
+def _np_nbytes(shape: Any, dtype: Any, what: str) -> int:
+    if not isinstance(shape, tuple) or len(shape) > 64 or \
+            not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise _BadData(f"{what} with a bad shape {_brief(shape)}")
+    itemsize = dtype.itemsize if isinstance(dtype, np.dtype) else 8
+    return math.prod(shape) * max(itemsize, 1)
+
+
 def _np_reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
+    if not (isinstance(subtype, _TypeRef) and (subtype.module, subtype.name) == ("numpy", "ndarray")):
         raise _BadData("numpy array of a type other than ndarray", unsafe=True)
+    if isinstance(dtype, (bytes, str)):
+        dtype = _np_dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype)
+    if not isinstance(dtype, np.dtype) or isinstance(dtype, type):
+        raise _BadData("numpy array without a dtype")
+    _charge(_np_nbytes(shape, dtype, "a numpy array"), "a numpy array")
     return _np_multiarray._reconstruct(np.ndarray, shape, dtype)
 
 
@@ -289,34 +543,34 @@ def _np_frombuffer(buf, dtype, shape, order):
     if not isinstance(buf, (bytes, bytearray, memoryview)) or not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise _BadData("bad numpy buffer")
     if order not in ("C", "F"):
-        raise _BadData(f"bad numpy order {order!r}")
+        raise _BadData(f"bad numpy order {_brief(order)}")
+    _charge(2 * len(buf), "a numpy array")
+    if _np_nbytes(tuple(shape) if isinstance(shape, list) else shape, dtype, "a numpy array") != len(buf):
+        raise _BadData("a numpy buffer does not match its shape")
     return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy(order=order)
 
 
 def _copyreg_reconstructor(cls, base, state):
     if not _is_constructible(cls):
-        raise _BadData(f"copyreg._reconstructor of a disallowed class {cls!r}", unsafe=True)
-    if base is object:
+        raise _BadData(f"copyreg._reconstructor of a disallowed class {_brief(cls)}", unsafe=True)
+    if base is object and issubclass(cls, _Inert):
         obj = cls.__new__(cls)
-    elif base is dict and issubclass(cls, dict):
+    elif base is dict and (issubclass(cls, _InertDict) or cls in (dict, collections.OrderedDict)):
         obj = cls.__new__(cls)
         if state:
-            obj.update(state)
+            for k, v in _pairs(state, "copyreg._reconstructor state"):
+                obj[k] = v
     else:
-        raise _BadData(f"copyreg._reconstructor with base {base!r}", unsafe=True)
+        raise _BadData(f"copyreg._reconstructor of {_brief(cls)} with base {_brief(base)}", unsafe=True)
     return obj
 
 
 def _copyreg_newobj(cls, *args):
-    if not _is_constructible(cls):
-        raise _BadData(f"copyreg.__newobj__ of a disallowed class {cls!r}", unsafe=True)
-    return cls.__new__(cls, *args)
+    return _new(cls, args, {}, "copyreg.__newobj__")
 
 
 def _copyreg_newobj_ex(cls, args, kwargs):
-    if not _is_constructible(cls):
-        raise _BadData(f"copyreg.__newobj_ex__ of a disallowed class {cls!r}", unsafe=True)
-    return cls.__new__(cls, *args, **kwargs)
+    return _new(cls, args, kwargs, "copyreg.__newobj_ex__")
 
 
 # ---- the allow-list ----------------------------------------------------------------------
@@ -324,7 +578,8 @@ def _copyreg_newobj_ex(cls, args, kwargs):
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg", "numpy.core.multiarray": "numpy._core.multiarray",
                    "numpy.core.numeric": "numpy._core.numeric"}
 
-# Real, inert builtins: calling them with any arguments builds plain data.
+# Real, inert builtins. They are never called directly: `_construct` checks and charges the
+# arguments first (list(range(3e8)) or bytearray(1e10) are refused, not attempted).
 _SAFE_BUILTINS = {name: getattr(_builtins, name) for name in (
     "set", "frozenset", "slice", "complex", "dict", "list", "tuple", "int", "float", "str", "bytes",
     "bytearray", "bool", "range", "object")}
@@ -339,7 +594,7 @@ _SAFE_FUNCTIONS: Dict[Tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
     ("torch", "Size"): _torch_size,
     ("torch", "device"): _torch_device,
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): collections.OrderedDict,   # constructed through _construct
     ("collections", "defaultdict"): _defaultdict,
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): _copyreg_reconstructor,
@@ -349,7 +604,6 @@ _SAFE_FUNCTIONS: Dict[Tuple[str, str], Any] = {
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
     ("numpy", "dtype"): _np_dtype,
-    ("numpy", "ndarray"): np.ndarray,
 }
 
 # Classes rebuilt as stand-ins (never the real class): name -> base ("object" or "dict").
@@ -371,6 +625,7 @@ _STANDIN_CLASSES: Dict[Tuple[str, str], str] = {
 
 _TYPE_REFS = {("typing", n) for n in ("Any", "Dict", "List", "Tuple", "Optional", "Union", "Sequence", "Mapping")}
 _TYPE_REFS |= _TENSOR_TYPES
+_TYPE_REFS.add(("numpy", "ndarray"))  # a value for _reconstruct, never callable (ndarray(shape) allocates)
 
 _TORCH_DTYPES = {"float32", "float", "float64", "double", "float16", "half", "bfloat16", "int8", "int16", "short",
                  "int32", "int", "int64", "long", "uint8", "bool", "complex64", "cfloat", "complex128", "cdouble"}
@@ -445,39 +700,107 @@ class _RestrictedUnpickler(pickle._Unpickler):
         stack = self.stack
         args = stack.pop()
         func = stack[-1]
-        self._check_callable(func, "REDUCE")
         if not isinstance(args, tuple):
             raise _BadData("REDUCE arguments are not a tuple")
+        if _is_constructible(func):
+            stack[-1] = _construct(func, args, {})  # builtins and stand-ins: checked and charged
+            return
+        self._check_callable(func, "REDUCE")
         stack[-1] = func(*args)
+
+    def _checked_new(self, cls, args, kwargs, op):
+        if not _is_constructible(cls):
+            raise UnsafeCheckpointError(f"{self._path}: refusing to load: {op} of {_brief(cls)}, which is not an "
+                                        f"allowed class")
+        return _new(cls, args, kwargs, op)
 
     def _load_newobj(self):
         args = self.stack.pop()
         cls = self.stack.pop()
-        if not _is_constructible(cls):
-            raise UnsafeCheckpointError(f"{self._path}: refusing to load: NEWOBJ of {cls!r}, which is not an "
-                                        f"allowed class")
-        self.append(cls.__new__(cls, *args))
+        self.append(self._checked_new(cls, args, {}, "NEWOBJ"))
 
     def _load_newobj_ex(self):
         kwargs = self.stack.pop()
         args = self.stack.pop()
         cls = self.stack.pop()
-        if not _is_constructible(cls):
-            raise UnsafeCheckpointError(f"{self._path}: refusing to load: NEWOBJ_EX of {cls!r}, which is not "
-                                        f"an allowed class")
-        self.append(cls.__new__(cls, *args, **kwargs))
+        self.append(self._checked_new(cls, args, kwargs, "NEWOBJ_EX"))
 
     def _instantiate(self, klass, args):  # INST and OBJ (protocols 0 and 1)
         if not (isinstance(klass, type) and issubclass(klass, (_Inert, _InertDict))):
-            raise UnsafeCheckpointError(f"{self._path}: refusing to load: INST/OBJ of {klass!r}")
-        self.append(klass.__new__(klass, *args))
+            raise UnsafeCheckpointError(f"{self._path}: refusing to load: INST/OBJ of {_brief(klass)}")
+        self.append(_new(klass, tuple(args), {}, "INST/OBJ"))
+
+    # ---- containers: keys are checked before they are hashed, targets must be plain containers ----
+    def _set_items(self, target, items):
+        if not isinstance(target, dict) or type(target) is collections.defaultdict:
+            raise _BadData(f"SETITEMS on a {type(target).__name__}")
+        for i in range(0, len(items) - 1, 2):
+            _check_key(items[i])
+            target[items[i]] = items[i + 1]
+
+    def _load_setitem(self):
+        stack = self.stack
+        value = stack.pop()
+        key = stack.pop()
+        self._set_items(stack[-1], [key, value])
+
+    def _load_setitems(self):
+        items = self.pop_mark()
+        self._set_items(self.stack[-1], items)
+
+    def _load_dict(self):
+        items = self.pop_mark()
+        d: dict = {}
+        self._set_items(d, items)
+        self.append(d)
+
+    def _load_additems(self):
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not set:
+            raise _BadData(f"ADDITEMS on a {type(target).__name__}")
+        for item in items:
+            _check_key(item, "a set element")
+        target.update(items)
+
+    def _load_frozenset(self):
+        items = self.pop_mark()
+        for item in items:
+            _check_key(item, "a set element")
+        self.append(frozenset(items))
+
+    def _load_append(self):
+        value = self.stack.pop()
+        if type(self.stack[-1]) is not list:
+            raise _BadData(f"APPEND on a {type(self.stack[-1]).__name__}")
+        self.stack[-1].append(value)
+
+    def _load_appends(self):
+        items = self.pop_mark()
+        if type(self.stack[-1]) is not list:
+            raise _BadData(f"APPENDS on a {type(self.stack[-1]).__name__}")
+        self.stack[-1].extend(items)
 
     def _load_build(self):
         state = self.stack.pop()
         inst = self.stack[-1]
         if isinstance(inst, (_Inert, _InertDict)):
             inst._set_state(state)
-        elif type(inst) is np.ndarray or isinstance(inst, np.dtype):
+        elif type(inst) is np.ndarray:
+            # state = (version, shape, dtype, is_fortran, data): numpy allocates shape x dtype first.
+            if not (isinstance(state, tuple) and len(state) in (4, 5) and isinstance(state[-3], np.dtype)):
+                raise _BadData("a numpy array with a malformed state")
+            shape, dtype, data = state[-4], state[-3], state[-1]
+            nbytes = _np_nbytes(shape, dtype, "a numpy array")
+            count = math.prod(shape)
+            if dtype.hasobject:
+                if not isinstance(data, list) or len(data) != count:
+                    raise _BadData("an object numpy array whose items do not match its shape")
+            elif not isinstance(data, (bytes, bytearray)) or len(data) != nbytes:
+                raise _BadData("a numpy array whose data does not match its shape")
+            _charge(nbytes, "a numpy array")
+            inst.__setstate__(state)
+        elif isinstance(inst, np.dtype) and not isinstance(inst, type):
             inst.__setstate__(state)
         elif type(inst) is collections.OrderedDict and isinstance(state, dict) and \
                 all(isinstance(k, str) and not k.startswith("__") for k in state):
@@ -503,6 +826,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.NEWOBJ[0]] = _load_newobj
     dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
     dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
+    dispatch[pickle.APPEND[0]] = _load_append
+    dispatch[pickle.APPENDS[0]] = _load_appends
 
     # ---- where we are, for error messages -------------------------------------------------
     def pending_path(self) -> str:
@@ -530,19 +860,28 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
 
 class _StrictReader:
-    """File wrapper that turns short reads into EOFError (the reference unpickler accepts them)."""
+    """File wrapper that turns short reads into EOFError (the reference unpickler accepts them).
 
-    def __init__(self, f):
+    A length field may claim 2**63 bytes: reads are checked against what is left of the file
+    before anything is read (a buffered read(n) allocates n bytes up front)."""
+
+    def __init__(self, f, size: int):
         self._f = f
+        self._size = size
+
+    def _left(self) -> int:
+        return self._size - self._f.tell()
 
     def read(self, n=-1):
+        if n is not None and n >= 0 and n > self._left():
+            raise EOFError(f"the file ends {n - self._left()} bytes early")
         data = self._f.read(n)
         if n is not None and n >= 0 and len(data) < n:
             raise EOFError(f"the file ends {n - len(data)} bytes early")
         return data
 
     def read_partial(self, n):
-        return self._f.read(n)
+        return self._f.read(max(min(n, self._left()), 0))
 
     def readline(self):
         line = self._f.readline()
@@ -552,25 +891,37 @@ class _StrictReader:
 
 
 def _unpickle(path: str) -> Any:
-    with open(path, "rb") as f:
-        up = _RestrictedUnpickler(_StrictReader(f), path)
-        try:
-            return up.load()
-        except CheckpointError:
-            raise
-        except _BadData as e:
-            where = up.pending_path()
-            cls = UnsafeCheckpointError if e.unsafe else CheckpointError
-            raise cls(f"{path}: {'refusing to load: ' if e.unsafe else ''}{e}"
-                      f"{f' (while reading {where!r})' if where else ''}") from None
-        except (EOFError, pickle.UnpicklingError, RecursionError, MemoryError, TypeError, ValueError,
-                AttributeError, IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError) as e:
-            where = up.pending_path()
-            if isinstance(e, EOFError) or up.truncated:
-                what = f"truncated pickle (the data ends early: {_first_line(e)})"
-            else:
-                what = f"corrupt pickle ({type(e).__name__}: {_first_line(e)})"
-            raise CheckpointError(f"{path}: {what}{f' while reading {where!r}' if where else ''}") from None
+    size = os.path.getsize(path)
+    token = _BUDGET.set(_Budget(2 * size + UNPICKLE_BUDGET_SLACK))
+    try:
+        with open(path, "rb") as f:
+            return _unpickle_file(path, f, size)
+    finally:
+        _BUDGET.reset(token)
+
+
+def _unpickle_file(path: str, f, size: int) -> Any:
+    up = _RestrictedUnpickler(_StrictReader(f, size), path)
+    try:
+        data = up.load()
+        if up.truncated:  # a frame longer than the file, though its opcodes happened to end in a STOP
+            raise EOFError("a frame extends past the end of the file")
+        return data
+    except CheckpointError:
+        raise
+    except _BadData as e:
+        where = up.pending_path()
+        cls = UnsafeCheckpointError if e.unsafe else CheckpointError
+        raise cls(f"{path}: {'refusing to load: ' if e.unsafe else ''}{e}"
+                  f"{f' (while reading {where!r})' if where else ''}") from None
+    except (EOFError, pickle.UnpicklingError, RecursionError, MemoryError, TypeError, ValueError,
+            AttributeError, IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError) as e:
+        where = up.pending_path()
+        if isinstance(e, EOFError) or up.truncated:
+            what = f"truncated pickle (the data ends early: {_first_line(e)})"
+        else:
+            what = f"corrupt pickle ({type(e).__name__}: {_first_line(e)})"
+        raise CheckpointError(f"{path}: {what}{f' while reading {where!r}' if where else ''}") from None
 
 
 # ---- from inert records to plain data -----------------------------------------------------------
@@ -599,37 +950,66 @@ def _class_name(obj: Any) -> str:
     return type(obj).__name__
 
 
-def to_plain(obj: Any, _depth: int = 0) -> Any:
+def to_plain(obj: Any, memo: Optional[Dict[int, Any]] = None) -> Any:
     """Inert pickle data -> plain Python: EasyDict -> dict, omegaconf DictConfig/ListConfig -> dict/list
-    (interpolations stay strings), numpy scalars -> Python numbers. Records and tensors are kept."""
-    if _depth > 200:
+    (interpolations stay strings), numpy scalars -> Python numbers. Records and tensors are kept.
+
+    A pickle can share one object between many places (60 levels of [x, x] are 2**60 values):
+    each object is converted once (`memo`, keyed by id, can be shared between calls on data that
+    stays alive) and the result keeps the sharing; a result that would expand to more than
+    MAX_PLAIN_VALUES values when walked (repr, comparison) is refused."""
+    memo = {} if memo is None else memo
+    return _plain(obj, memo, 0)[0]
+
+
+def _plain(obj: Any, memo: Dict[int, Any], depth: int) -> Tuple[Any, int]:
+    """(plain value, its expanded size in values)."""
+    if type(obj) in (str, bytes, int, float, complex, bool, type(None)) or isinstance(obj, (torch.Tensor, torch.dtype)):
+        return obj, 1  # (exact types: numpy scalars subclass float and become Python numbers below)
+    key = id(obj)
+    if key in memo:
+        return memo[key][1], memo[key][2]
+    if depth > 200:
         raise CheckpointError("config data nested too deeply")
-    d = _depth + 1
+    d = depth + 1
+    size = 1
+
+    def conv(v):
+        nonlocal size
+        out, n = _plain(v, memo, d)
+        size += n
+        if size > MAX_PLAIN_VALUES:
+            raise CheckpointError(f"config data expands to more than {MAX_PLAIN_VALUES} values (shared references "
+                                  f"nested in a pickle)")
+        return out
+
+    def conv_items(items):
+        return {conv(k): conv(v) for k, v in items}
+
+    result: Any = obj
     if isinstance(obj, (_InertDict, dict)) and not isinstance(obj, _Inert):
-        return {to_plain(k, d): to_plain(v, d) for k, v in obj.items()}
-    if isinstance(obj, _Inert):
+        result = conv_items(obj.items())
+    elif isinstance(obj, _Inert):
         name = obj._global[1]
         st = _state_of(obj) or {}
         if name == "DictConfig":
             content = st.get("_content")
-            if not isinstance(content, dict):
-                return content
-            return {to_plain(k, d): to_plain(v, d) for k, v in content.items()}
-        if name == "ListConfig":
+            result = conv_items(content.items()) if isinstance(content, dict) else conv(content)
+        elif name == "ListConfig":
             content = st.get("_content")
-            return [to_plain(v, d) for v in content] if isinstance(content, (list, tuple)) else content
-        if name.endswith("Node"):
-            return to_plain(st.get("_val"), d)
-        return obj
-    if isinstance(obj, list):
-        return [to_plain(v, d) for v in obj]
-    if isinstance(obj, tuple) and not isinstance(obj, torch.Size):
-        return tuple(to_plain(v, d) for v in obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, _TypeRef):
-        return f"{obj.module}.{obj.name}"
-    return obj
+            result = [conv(v) for v in content] if isinstance(content, (list, tuple)) else conv(content)
+        elif name.endswith("Node"):
+            result = conv(st.get("_val"))
+    elif isinstance(obj, list):
+        result = [conv(v) for v in obj]
+    elif isinstance(obj, tuple) and not isinstance(obj, torch.Size):
+        result = tuple(conv(v) for v in obj)
+    elif isinstance(obj, np.generic):
+        result = obj.item()
+    elif isinstance(obj, _TypeRef):
+        result = f"{obj.module}.{obj.name}"
+    memo[key] = (obj, result, size)  # obj is kept so that its id is not reused while memo lives
+    return result, size
 
 
 @dataclass
@@ -641,30 +1021,52 @@ class OfficialNetwork:
     init_kwargs: Dict[str, Any]
     record: Any = field(repr=False)
 
+    memo: Dict[int, Any] = field(default_factory=dict, repr=False, compare=False)  # to_plain's, shared
+
     def modules(self) -> Iterator[Tuple[str, Any]]:
         """(dotted path, record) of this network and every sub-module, parents first."""
-        def walk(rec, prefix):
+        visits = 0
+
+        def walk(rec, prefix, depth):
+            nonlocal visits
+            visits += 1
+            if visits > MAX_MODULES or depth > 100:
+                raise CheckpointError(f"the network has more than {MAX_MODULES} sub-modules or nests them more than "
+                                      f"100 deep (shared sub-modules in a pickle)")
             yield prefix, rec
-            for name, child in (_state_of(rec).get("_modules") or {}).items():
+            modules = _state_of(rec).get("_modules") or {}
+            if not isinstance(modules, dict):
+                return
+            for name, child in modules.items():
                 if child is not None and _is_module(child):
-                    yield from walk(child, f"{prefix}.{name}" if prefix else str(name))
-        yield from walk(self.record, "")
+                    yield from walk(child, f"{prefix}.{name}" if prefix else str(name), depth + 1)
+        yield from walk(self.record, "", 0)
 
     def attrs(self, path: str) -> Dict[str, Any]:
         """Plain attributes of the sub-module at `path` ('' = the network itself)."""
         for p, rec in self.modules():
             if p == path:
-                return {k: to_plain(v) for k, v in _state_of(rec).items() if not str(k).startswith("_")}
+                return {k: to_plain(v, self.memo) for k, v in _state_of(rec).items() if not str(k).startswith("_")}
         return {}
+
+    def plain(self, value: Any) -> Any:
+        """to_plain with this network's memo (values shared between its modules are converted once)."""
+        return to_plain(value, self.memo)
 
 
 def _module_state_dict(rec: Any, source: str) -> Dict[str, torch.Tensor]:
     """nn.Module.state_dict() of an inert module record: parameters, persistent buffers, children."""
     out: Dict[str, torch.Tensor] = {}
+    visits = 0
 
     def walk(r, prefix, depth):
+        nonlocal visits
+        visits += 1
         if depth > 100:
             raise CheckpointError(f"{source}: modules nested too deeply")
+        if visits > MAX_MODULES:
+            raise CheckpointError(f"{source}: the network has more than {MAX_MODULES} sub-modules (shared "
+                                  f"sub-modules in a pickle expand)")
         st = _state_of(r)
         non_persistent = st.get("_non_persistent_buffers_set") or set()
         for group in ("_parameters", "_buffers"):
@@ -672,13 +1074,19 @@ def _module_state_dict(rec: Any, source: str) -> Dict[str, torch.Tensor]:
             if not isinstance(items, dict):
                 raise CheckpointError(f"{source}: {prefix or 'the network'} has a malformed {group}")
             for name, t in items.items():
-                if t is None or (group == "_buffers" and name in non_persistent):
+                if not isinstance(name, str):
+                    raise CheckpointError(f"{source}: {prefix or 'the network'} has a tensor named {_brief(name)}")
+                if t is None or (group == "_buffers" and isinstance(non_persistent, (set, frozenset, list, tuple))
+                                 and name in non_persistent):
                     continue
                 if not isinstance(t, torch.Tensor):
                     raise CheckpointError(f"{source}: tensor {prefix + str(name)!r} is a {type(t).__name__}, "
                                           f"not a tensor")
                 out[prefix + str(name)] = t
-        for name, child in (st.get("_modules") or {}).items():
+        children = st.get("_modules") or {}
+        if not isinstance(children, dict):
+            raise CheckpointError(f"{source}: {prefix or 'the network'} has malformed _modules")
+        for name, child in children.items():
             if child is None:
                 continue
             if not _is_module(child):
@@ -711,17 +1119,19 @@ def read_official_pickle(path: PathLike) -> Dict[str, Any]:
 
 def _official_entries(path: str, data: dict) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
+    memo: Dict[int, Any] = {}  # one for the whole file: networks share their config objects
     for key, value in data.items():
         if _is_module(value):
             st = _state_of(value)
-            init_args = to_plain(st.get("_init_args", ()))
-            init_kwargs = to_plain(st.get("_init_kwargs", {}))
+            state_dict = _module_state_dict(value, f"{path}: {key}")
+            init_args = to_plain(st.get("_init_args", ()), memo)
+            init_kwargs = to_plain(st.get("_init_kwargs", {}), memo)
             out[key] = OfficialNetwork(
-                class_name=_class_name(value), state_dict=_module_state_dict(value, f"{path}: {key}"),
+                class_name=_class_name(value), state_dict=state_dict,
                 init_args=tuple(init_args) if isinstance(init_args, (list, tuple)) else (),
-                init_kwargs=init_kwargs if isinstance(init_kwargs, dict) else {}, record=value)
+                init_kwargs=init_kwargs if isinstance(init_kwargs, dict) else {}, record=value, memo=memo)
         else:
-            out[key] = to_plain(value)
+            out[key] = to_plain(value, memo)
     return out
 
 
@@ -755,7 +1165,7 @@ def _infer_channels(channels: Dict[int, int], hints: Mapping[str, Any], source: 
             bad = [r for r, c in sorted(channels.items()) if not isinstance(base, int) or not isinstance(cmax, int)
                    or min(base // r, cmax) != c]
             raise _refuse(source, "channel_base/channel_max",
-                          f"the stored channel_base={base!r}, channel_max={cmax!r} do not give the tensors' channels "
+                          f"the stored channel_base={_brief(base)}, channel_max={_brief(cmax)} do not give the tensors' channels "
                           f"per block ({desc}); first mismatch at resolution {bad[0] if bad else '?'}")
         return base, cmax
     if any(c <= 0 for c in channels.values()):
@@ -776,7 +1186,7 @@ def _infer_channels(channels: Dict[int, int], hints: Mapping[str, Any], source: 
 
 def _check_hint(hints: Mapping[str, Any], name: str, value: Any, source: str, evidence: str) -> None:
     if name in hints and hints[name] is not None and hints[name] != value:
-        raise _refuse(source, name, f"the checkpoint's stored {name}={hints[name]!r} contradicts the tensors "
+        raise _refuse(source, name, f"the checkpoint's stored {name}={_brief(hints[name])} contradicts the tensors "
                                     f"({evidence} gives {value!r})")
 
 
@@ -969,9 +1379,10 @@ def _is_interp(v: Any) -> bool:
 
 
 def _agree(source: str, name: str, found: Dict[str, Any]) -> Any:
-    values = {repr(v): v for v in found.values()}
+    values = {_brief(v): v for v in found.values()}
     if len(values) > 1:
-        raise CheckpointError(f"{source}: {name} differs between modules ({found}); this engine uses one value")
+        raise CheckpointError(f"{source}: {name} differs between modules ({_brief(found)}); this engine uses one "
+                              f"value")
     return next(iter(values.values()))
 
 
@@ -1005,18 +1416,18 @@ def _generator_hints(net: OfficialNetwork, source: str) -> Dict[str, Any]:
                             ("input.type", inp.get("type"), ("coords",)),
                             ("use_noise", cfg.get("use_noise"), (False,))):
         if value is not None and not _is_interp(value) and value not in ok:
-            raise CheckpointError(f"{source}: the generator's cfg has {name}={value!r}; this engine implements "
+            raise CheckpointError(f"{source}: the generator's cfg has {name}={_brief(value)}; this engine implements "
                                   f"DIGAN's {ok[0]!r} only")
     # Module attributes are what the network really used: they win over the kwargs.
     fusers, clamps = {}, {}
     for path, rec in net.modules():
         st = _state_of(rec)
         if path == "mapping" and "w_avg_beta" in st:
-            h["w_avg_beta"] = to_plain(st["w_avg_beta"])
+            h["w_avg_beta"] = net.plain(st["w_avg_beta"])
         if path.endswith("coord_fuser"):
-            fusers[path] = {k: to_plain(st[k]) for k in ("motion_sigma", "fourier_scale", "use_cosine") if k in st}
+            fusers[path] = {k: net.plain(st[k]) for k in ("motion_sigma", "fourier_scale", "use_cosine") if k in st}
         if re.fullmatch(r"synthesis\.b\d+\.(conv0|conv1|torgb|extra_convs\.\d+)", path) and "conv_clamp" in st:
-            clamps[path] = to_plain(st["conv_clamp"])
+            clamps[path] = net.plain(st["conv_clamp"])
     for name in ("motion_sigma", "fourier_scale", "use_cosine"):
         found = {p: f[name] for p, f in fusers.items() if name in f}
         if found:
@@ -1035,7 +1446,7 @@ def _as_floats(h: Dict[str, Any], names: Sequence[str], source: str) -> Dict[str
             try:
                 h[name] = float(h[name])
             except (TypeError, ValueError):
-                raise CheckpointError(f"{source}: the stored {name}={h[name]!r} is not a number") from None
+                raise CheckpointError(f"{source}: the stored {name}={_brief(h[name])} is not a number") from None
     return h
 
 
@@ -1044,7 +1455,7 @@ def _discriminator_hints(net: OfficialNetwork, source: str) -> Dict[str, Any]:
     h: Dict[str, Any] = {k: kw[k] for k in ("c_dim", "img_resolution", "img_channels", "channel_base", "channel_max",
                                             "num_fp16_res", "conv_clamp", "cmap_dim") if k in kw}
     if kw.get("architecture", "resnet") != "resnet":
-        raise CheckpointError(f"{source}: the discriminator's architecture is {kw.get('architecture')!r}; this engine "
+        raise CheckpointError(f"{source}: the discriminator's architecture is {_brief(kw.get('architecture'))}; this engine "
                               f"implements 'resnet' only")
     ek, mk = _as_dict(kw.get("epilogue_kwargs")), _as_dict(kw.get("mapping_kwargs"))
     for k in ("mbstd_group_size", "mbstd_num_channels"):
@@ -1057,9 +1468,9 @@ def _discriminator_hints(net: OfficialNetwork, source: str) -> Dict[str, Any]:
         st = _state_of(rec)
         if path == "videoD.b4.mbstd":
             if "group_size" in st:
-                h["mbstd_group_size"] = to_plain(st["group_size"])
+                h["mbstd_group_size"] = net.plain(st["group_size"])
         if path == "videoD.b4.conv" and "conv_clamp" in st:
-            h["conv_clamp"] = to_plain(st["conv_clamp"])
+            h["conv_clamp"] = net.plain(st["conv_clamp"])
         m = re.fullmatch(r"videoD\.b(\d+)", path)
         if m and int(m.group(1)) > 4 and "use_fp16" in st:
             fp16[int(m.group(1))] = bool(st["use_fp16"])
@@ -1207,15 +1618,30 @@ def _torch_load(path: str) -> Any:
                               f"({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _flatten(obj: Any, prefix: str, out: Dict[str, torch.Tensor], depth: int = 0) -> None:
+def _flatten(obj: Any, prefix: str, out: Dict[str, torch.Tensor], depth: int = 0,
+             _count: Optional[List[int]] = None) -> None:
+    # A shared dict (torch's unpickler keeps references) would be walked once per reference: count.
+    count = [0] if _count is None else _count
     if depth > 20:
         return
     for k, v in obj.items():
+        count[0] += 1
+        if count[0] > MAX_FLAT_ENTRIES:
+            raise CheckpointError(f"the state dict has more than {MAX_FLAT_ENTRIES} entries (shared nested dicts?)")
         key = f"{prefix}{k}"
         if isinstance(v, torch.Tensor):
             out[key] = v
         elif isinstance(v, dict):
-            _flatten(v, key + ".", out, depth + 1)
+            _flatten(v, key + ".", out, depth + 1, count)
+
+
+def _flat(path: str, obj: dict) -> Dict[str, torch.Tensor]:
+    flat: Dict[str, torch.Tensor] = {}
+    try:
+        _flatten(obj, "", flat)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return flat
 
 
 def _split_networks(flat: Mapping[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -1249,8 +1675,10 @@ def _parse_config(path: str, meta: Mapping[str, str], key: str, cls):
         raise CheckpointError(f"{path}: the metadata lacks {key!r}")
     try:
         return cls.from_dict(json.loads(meta[key]))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: metadata {key!r} is not a valid {cls.__name__}: {e}") from None
+    except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:
+        # the config's own validation (digan.config) bounds every size before anything is built
+        raise CheckpointError(f"{path}: metadata {key!r} is not a valid {cls.__name__}: "
+                              f"{_first_line(e) if not isinstance(e, RecursionError) else 'nested too deeply'}") from None
 
 
 def _gen_roles(which: str) -> List[str]:
@@ -1320,8 +1748,7 @@ def _networks_from_pickle(path: str) -> Dict[str, _Net]:
     data = read_official_pickle(path)
     nets = {k: v for k, v in data.items() if isinstance(v, OfficialNetwork) and k in ("G", "G_ema", "D")}
     if not nets:
-        flat: Dict[str, torch.Tensor] = {}
-        _flatten(data, "", flat)
+        flat = _flat(path, data)
         if flat:
             return _networks_from_state_dict(path, flat)
         raise CheckpointError(f"{path}: the pickle holds no networks (keys: {', '.join(map(str, data)) or 'none'})")
@@ -1352,9 +1779,7 @@ def _read_networks(path: str, roles: Optional[Sequence[str]] = None) -> Dict[str
         obj = _torch_load(path)
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path}: the torch.save file holds a {type(obj).__name__}, not a state dict")
-        flat: Dict[str, torch.Tensor] = {}
-        _flatten(obj, "", flat)
-        nets = _networks_from_state_dict(path, flat)
+        nets = _networks_from_state_dict(path, _flat(path, obj))
     if roles is not None:
         role = _choose(path, list(nets), roles, "discriminator" if roles[0] == "D" else "generator")
         if role != roles[0] and nets[role].label:  # an unprefixed state dict is simply "the generator"
@@ -1396,16 +1821,68 @@ def _check_layout(path: str, sd: Mapping[str, torch.Tensor], expected: Mapping[s
                                   f"config gives {tuple(expected[k].shape)}")
 
 
+# Real construction happens without the meta check only when the config cannot allocate more than
+# this many times the file's elements (plus 16M elements = 64 MiB of fp32).
+META_CHECK_FACTOR = 4
+META_CHECK_SLACK = 1 << 24
+
+
+def numel_bound(cfg: Union[GeneratorConfig, DiscriminatorConfig]) -> int:
+    """An upper bound of the elements (parameters + buffers) a network of this config allocates,
+    from the config alone. It over-counts (every layer at the widest channel count plus the
+    embedding); tests check it against real networks of many configs."""
+    if isinstance(cfg, GeneratorConfig):
+        C = max(cfg.channels(r) for r in cfg.block_resolutions)
+        E, W, r = cfg.emb_size, cfg.w_dim, cfg.rank
+        cin = C + 2 * E
+        layer = (cin + 1) * C + (cin + C) * r * (W + 1) + 64
+        torgb = (W + 1) * C + (cfg.img_channels + 1) * (C + 1) + 64
+        fuser = (W + 1) * 3 * E + (2 * W + 1) * E + 2 * (E + 1) * E + 64
+        blocks = sum(cfg.num_conv(res) * layer + torgb + fuser + 64 for res in cfg.block_resolutions)
+        mapping = (cfg.c_dim + 1) * W + (cfg.z_dim + W + 1) * W + cfg.mapping_layers * (W + 1) * W + 2 * W + 64
+        return blocks + mapping
+    C = max(cfg.channels(r) for r in [4, *cfg.block_resolutions])
+    k, m, cm = cfg.img_channels, cfg.mbstd_num_channels, max(cfg.effective_cmap_dim, 1)
+    block = (2 * k + 2) * (C + 1) + 2 * (9 * C + 1) * C + C * C + 512      # + resampling filters
+    epilogue = (9 * (C + m) + 1) * C + (16 * C + 1) * C + (C + 1) * cm + 512
+    mapping = (cfg.c_dim + 1) * cm + cfg.mapping_layers * (2 * cm + 1) * cm + 512
+    return 2 * (len(cfg.block_resolutions) * block + epilogue + mapping)
+
+
+def _check_dtypes(path: str, sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], label: str,
+                  what: str) -> None:
+    """Floating-point tensors where the model has them (load_state_dict would cast int8/bool weights
+    silently); any float width is fine (fp16/bf16/fp64 checkpoints are cast to the model's fp32)."""
+    for k in sorted(sd):
+        t, e = sd[k], expected[k]
+        if t.is_complex() or t.is_floating_point() != e.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {label + k!r} has dtype {str(t.dtype).replace('torch.', '')}, but "
+                                  f"the {what} expects {'a floating-point tensor' if e.is_floating_point() else e.dtype}")
+
+
 def _build(path: str, net: _Net, device: Union[str, torch.device]) -> torch.nn.Module:
     from .networks import Discriminator, Generator
 
     is_d = net.role == "D"
     what = "discriminator" if is_d else "generator"
     cfg = net.config.fn() if isinstance(net.config, _Lazy) else net.config
+    try:
+        cfg.validate()  # bounds of every size (digan.config), whatever path the config came by
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the {what}'s config is invalid: {e}") from None
     cls = Discriminator if is_d else Generator
+    # A config (e.g. JSON in the metadata) can describe a network far larger than the file. When its
+    # size bound exceeds the file's tensors, the shapes are compared on the meta device first (no
+    # memory; but its first use imports torch._dynamo, seconds, so files that fit skip it).
+    file_numel = sum(t.numel() for t in net.state_dict.values())
+    if numel_bound(cfg) > META_CHECK_FACTOR * file_numel + META_CHECK_SLACK:
+        with torch.device("meta"):
+            _check_layout(path, net.state_dict, cls(cfg).state_dict(), net.label, what)
     with torch.random.fork_rng(devices=[]):  # random init must not move the caller's RNG
         module = cls(cfg)
-    _check_layout(path, net.state_dict, module.state_dict(), net.label, what)
+    reference = module.state_dict()
+    _check_layout(path, net.state_dict, reference, net.label, what)
+    _check_dtypes(path, net.state_dict, reference, net.label, what)
     _check_finite(path, net.state_dict, net.label)
     try:
         module.load_state_dict(net.state_dict, strict=True)
@@ -1483,13 +1960,44 @@ def _base_metadata(kind: str) -> Dict[str, str]:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
 
 
+def _umask() -> int:
+    """The process umask (read from /proc where possible: os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> Path:
+    """Write atomically (temp file + rename). The output folder must exist: it is not created, so a
+    typo in a path is reported (FileNotFoundError, one line in the CLI) instead of making folders."""
     from safetensors.torch import save_file
 
     path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise FileNotFoundError(f"cannot write {path}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is not a folder")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as e:  # safetensors' errors are not OSErrors (disk full, permissions)
+            if isinstance(e, OSError):
+                raise
+            raise OSError(f"cannot write {path}: {_first_line(e)}") from None
+        # safetensors writes through a private temp file (mode 0600): give the checkpoint the mode
+        # any file created by this user gets (0666 minus the umask), like open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)  # readers never see a half-written checkpoint
     finally:
         if tmp.exists():

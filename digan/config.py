@@ -13,9 +13,66 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 
-def _check_pow2(name: str, value: int, low: int) -> None:
-    if value < low or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
+# ---- validation ------------------------------------------------------------------------------
+# Bounds for every field that sizes a tensor, in ONE place. Configs come from untrusted checkpoint
+# metadata (JSON) and pickles, so a config must be refused before anything is allocated from it.
+# The limits are far above any published DIGAN/StyleGAN2 model (512-wide, 2-8 mapping layers,
+# rank 10, 128-1024 px) yet small enough that the largest valid layer stays far below the RAM of
+# one machine: (4096 x 4096 weights = 64 MiB in fp32).
+MAX_DIM = 4096            # z_dim, w_dim, c_dim, channel_max, emb_size, cmap_dim
+MAX_CHANNEL_BASE = 1 << 24
+MAX_RESOLUTION = 4096     # img_resolution, input_resolution
+MAX_IMG_CHANNELS = 16
+MAX_MAPPING_LAYERS = 32
+MAX_RANK = 64
+MAX_EXTRA_CONVS = 16      # per block
+MAX_MBSTD = 1024          # mbstd_group_size / mbstd_num_channels
+MAX_FP16_RES = 16
+
+
+def _brief(value: Any) -> str:
+    """repr of a value for an error message, cut short (the value may be a huge hostile structure)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, 60, 60, 40
+    return r.repr(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    # bool is an int subclass, but `z_dim: true` is a typo, not a size.
+    if type(value) is not int:
+        raise ValueError(f"{name} must be an integer, got {_brief(value)} ({type(value).__name__})")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def _check_pow2(name: str, value: Any, low: int, high: int = MAX_RESOLUTION) -> None:
+    if type(value) is not int:
+        raise ValueError(f"{name} must be an integer, got {_brief(value)} ({type(value).__name__})")
+    if not low <= value <= high or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two in [{low}, {high}], got {value}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+                 optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if type(value) is bool or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {_brief(value)} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < low or (low_open and value == low) or value > high:
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+
+
+def _check_fields(cls, d: Any) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"a {cls.__name__} must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {_brief(sorted(map(str, unknown)))}")
 
 
 @dataclass
@@ -38,15 +95,41 @@ class GeneratorConfig:
     conv_clamp: Optional[float] = None   # DIGAN's generator is fp32, so train.py sets None (256 only with fp16)
 
     def __post_init__(self) -> None:
-        # JSON turns int keys into strings: normalise so a round trip compares equal.
-        self.num_extra_convs = {int(k): int(v) for k, v in self.num_extra_convs.items()}
+        self.validate()
+
+    def validate(self) -> None:
+        """Types, finiteness and bounds of every field (ValueError naming the field); also run by
+        every checkpoint loader before anything is built from the config."""
+        if not isinstance(self.num_extra_convs, dict):
+            raise ValueError(f"num_extra_convs must be a mapping resolution -> count, got {_brief(self.num_extra_convs)}")
+        if len(self.num_extra_convs) > 16:
+            raise ValueError(f"num_extra_convs has {len(self.num_extra_convs)} entries (at most one per resolution)")
+        extra = {}
+        for k, v in self.num_extra_convs.items():
+            # JSON turns int keys into strings: normalise so a round trip compares equal.
+            key = int(k) if isinstance(k, str) and k.isdigit() and len(k) <= 5 else k
+            _check_pow2("a num_extra_convs resolution", key, 4)
+            _check_int(f"num_extra_convs[{key}]", v, 0, MAX_EXTRA_CONVS)
+            extra[key] = v
+        self.num_extra_convs = extra
         _check_pow2("img_resolution", self.img_resolution, 8)
         _check_pow2("input_resolution", self.input_resolution, 4)
         if self.input_resolution > self.img_resolution:
             raise ValueError("input_resolution must not exceed img_resolution")
-        for name in ("z_dim", "w_dim", "rank", "emb_size", "mapping_layers", "channel_base", "channel_max"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("z_dim", "w_dim", "channel_max", "emb_size"):
+            _check_int(name, getattr(self, name), 1, MAX_DIM)
+        _check_int("c_dim", self.c_dim, 0, MAX_DIM)
+        _check_int("img_channels", self.img_channels, 1, MAX_IMG_CHANNELS)
+        _check_int("channel_base", self.channel_base, 1, MAX_CHANNEL_BASE)
+        _check_int("mapping_layers", self.mapping_layers, 1, MAX_MAPPING_LAYERS)
+        _check_int("rank", self.rank, 1, MAX_RANK)
+        if self.channel_base < self.img_resolution:
+            raise ValueError(f"channel_base={self.channel_base} gives the {self.img_resolution}x{self.img_resolution} "
+                             f"block no channels (channel_base // resolution must be >= 1)")
+        _check_float("w_avg_beta", self.w_avg_beta, 0.0, 1.0)
+        _check_float("motion_sigma", self.motion_sigma, 0.0, 1e6)
+        _check_float("fourier_scale", self.fourier_scale, 0.0, 1e6, low_open=True)
+        _check_float("conv_clamp", self.conv_clamp, 0.0, 1e9, low_open=True, optional=True)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -85,10 +168,7 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GeneratorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GeneratorConfig fields: {sorted(unknown)}")
+        _check_fields(cls, d)
         return cls(**d)
 
     def to_json(self) -> str:
@@ -110,7 +190,25 @@ class DiscriminatorConfig:
     mapping_layers: int = 8           # StyleGAN2-ADA's default for D's label mapping
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Types, finiteness and bounds of every field (ValueError naming the field)."""
         _check_pow2("img_resolution", self.img_resolution, 8)
+        _check_int("c_dim", self.c_dim, 0, MAX_DIM)
+        _check_int("img_channels", self.img_channels, 1, MAX_IMG_CHANNELS)
+        _check_int("channel_base", self.channel_base, 1, MAX_CHANNEL_BASE)
+        _check_int("channel_max", self.channel_max, 1, MAX_DIM)
+        if self.channel_base < self.img_resolution:
+            raise ValueError(f"channel_base={self.channel_base} gives the {self.img_resolution}x{self.img_resolution} "
+                             f"block no channels (channel_base // resolution must be >= 1)")
+        _check_int("mbstd_group_size", self.mbstd_group_size, 1, MAX_MBSTD)
+        _check_int("mbstd_num_channels", self.mbstd_num_channels, 0, MAX_MBSTD)
+        _check_float("conv_clamp", self.conv_clamp, 0.0, 1e9, low_open=True, optional=True)
+        _check_int("num_fp16_res", self.num_fp16_res, 0, MAX_FP16_RES)
+        if self.cmap_dim is not None:
+            _check_int("cmap_dim", self.cmap_dim, 1, MAX_DIM)
+        _check_int("mapping_layers", self.mapping_layers, 1, MAX_MAPPING_LAYERS)
 
     @property
     def block_resolutions(self) -> list:
@@ -134,10 +232,7 @@ class DiscriminatorConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DiscriminatorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown DiscriminatorConfig fields: {sorted(unknown)}")
+        _check_fields(cls, d)
         return cls(**d)
 
     def to_json(self) -> str:
