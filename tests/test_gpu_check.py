@@ -72,3 +72,15 @@ def test_a_step_over_its_limit_is_stopped_and_reported(monkeypatch):
     monkeypatch.setattr(GC, "MIN_STEP_S", 0.1)
     res = GC.run_step("render", 0.5, dry=True)
     assert res["status"] == "timed out" and "over its 0 s limit" in res["note"], res
+
+
+def test_bench_sizes_below_and_between_resolutions():
+    from bench.bench_render import parse_size, size_view
+    assert parse_size("64x2x1") == (64, 2, 1)
+    with pytest.raises(ValueError, match="SIDExFRAMESxVIDEOS"):
+        parse_size("64x2")
+    v = size_view(64, 128)                  # below the model's resolution: a centred crop
+    assert (v.scale, v.output_size(128), v.final_rect(128)) == (1, (64, 64), (32, 96, 32, 96))
+    assert size_view(256, 128).scale == 2 and size_view(256, 128).output_size(128) == (256, 256)
+    v = size_view(200, 128)                 # between: the next scale, cropped
+    assert (v.scale, v.output_size(128), v.top) == (2, (200, 200), 28)
