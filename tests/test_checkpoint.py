@@ -1,4 +1,4 @@
-"""Checkpoints (digan/checkpoint.py): our safetensors format, official network pickles read without
+"""Checkpoints (the digan/checkpoint package): our safetensors format, official network pickles read without
 executing anything, torch state dicts, config inference and the errors for broken files."""
 import builtins
 import collections

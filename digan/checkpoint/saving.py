@@ -1,0 +1,154 @@
+"""Writing our safetensors format (save_generator / save_discriminator / save_training) and convert."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from ..config import DiscriminatorConfig, GeneratorConfig
+from ._common import FORMAT, FORMAT_VERSION, NETWORK_PREFIXES, PathLike, _existing, _first_line
+from .formats import _read_networks
+from .loading import _build
+
+
+# =============================================================================================
+# Writing
+# =============================================================================================
+
+def _module_config(module: Any, cls, what: str):
+    cfg = getattr(module, "cfg", None)
+    if not isinstance(cfg, cls):
+        raise TypeError(f"{what} must be a digan.networks module with a {cls.__name__} in .cfg, "
+                        f"got {type(module).__name__}")
+    return cfg
+
+
+def _plain_tensors(sd: Mapping[str, torch.Tensor], prefix: str, out: Dict[str, torch.Tensor], seen: set) -> None:
+    for k, t in sd.items():
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[prefix + k] = t
+
+
+def _base_metadata(kind: str) -> Dict[str, str]:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where possible: os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> Path:
+    """Write atomically (temp file + rename). The output folder must exist: it is not created, so a
+    typo in a path is reported (FileNotFoundError, one line in the CLI) instead of making folders."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise FileNotFoundError(f"cannot write {path}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is not a folder")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as e:  # safetensors' errors are not OSErrors (disk full, permissions)
+            if isinstance(e, OSError):
+                raise
+            raise OSError(f"cannot write {path}: {_first_line(e)}") from None
+        # safetensors writes through a private temp file (mode 0600): give the checkpoint the mode
+        # any file created by this user gets (0666 minus the umask), like open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)  # readers never see a half-written checkpoint
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def save_generator(G: Any, path: PathLike) -> Path:
+    cfg = _module_config(G, GeneratorConfig, "G")
+    tensors: Dict[str, torch.Tensor] = {}
+    _plain_tensors(G.state_dict(), "", tensors, set())
+    return _write(path, tensors, {**_base_metadata("generator"), "config": cfg.to_json()})
+
+
+def save_discriminator(D: Any, path: PathLike) -> Path:
+    cfg = _module_config(D, DiscriminatorConfig, "D")
+    tensors: Dict[str, torch.Tensor] = {}
+    _plain_tensors(D.state_dict(), "", tensors, set())
+    return _write(path, tensors, {**_base_metadata("discriminator"), "config": cfg.to_json()})
+
+
+def save_training(path: PathLike, G: Any = None, D: Any = None, G_ema: Any = None,
+                  extra_tensors: Optional[Mapping[str, torch.Tensor]] = None,
+                  extra_metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Training checkpoint: G., D., G_ema. tensors, g_config/d_config, plus extra tensors (names must
+    not use those prefixes, e.g. 'opt.G.0.exp_avg') and extra string metadata."""
+    if G is None and G_ema is None and D is None:
+        raise ValueError("save_training needs at least one network")
+    meta = _base_metadata("training")
+    g_cfgs = [_module_config(m, GeneratorConfig, n) for n, m in (("G", G), ("G_ema", G_ema)) if m is not None]
+    if len(g_cfgs) == 2 and g_cfgs[0] != g_cfgs[1]:
+        raise ValueError("G and G_ema have different configs")
+    if g_cfgs:
+        meta["g_config"] = g_cfgs[0].to_json()
+    if D is not None:
+        meta["d_config"] = _module_config(D, DiscriminatorConfig, "D").to_json()
+    for k, v in (extra_metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"extra_metadata must map str to str, got {k!r}: {type(v).__name__}")
+        if k in meta or k in ("format", "format_version", "kind", "config", "g_config", "d_config"):
+            raise ValueError(f"extra_metadata key {k!r} is reserved")
+        meta[k] = v
+    tensors: Dict[str, torch.Tensor] = {}
+    seen: set = set()
+    for prefix, m in (("G.", G), ("D.", D), ("G_ema.", G_ema)):
+        if m is not None:
+            _plain_tensors(m.state_dict(), prefix, tensors, seen)
+    extra = {}
+    for k, t in (extra_tensors or {}).items():
+        if not isinstance(k, str) or k.startswith(NETWORK_PREFIXES):
+            raise ValueError(f"extra tensor name {k!r} must not start with {', '.join(NETWORK_PREFIXES)}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"extra tensor {k!r} is a {type(t).__name__}, not a tensor")
+        extra[k] = t
+    _plain_tensors(extra, "", tensors, seen)
+    return _write(path, tensors, meta)
+
+
+def convert(in_path: PathLike, out_path: PathLike) -> Path:
+    """Official .pkl, torch state dict or foreign safetensors -> our safetensors; returns out_path.
+
+    The kind written is 'training' when the input holds more than one network (e.g. G, D and G_ema,
+    so that `load_generator` picks G_ema), else 'generator' or 'discriminator'. Every network is
+    built and loaded strictly first, so a converted file always loads."""
+    in_path = _existing(in_path)
+    if os.path.abspath(in_path) == os.path.abspath(os.fspath(out_path)):
+        raise ValueError("convert: the output must be a different file from the input")
+    mods = {role: _build(in_path, net, "cpu") for role, net in _read_networks(in_path).items()}
+    gens = [r for r in ("G", "G_ema") if r in mods]
+    if len(mods) > 1:
+        return save_training(out_path, G=mods.get("G"), D=mods.get("D"), G_ema=mods.get("G_ema"))
+    if gens:
+        return save_generator(mods[gens[0]], out_path)
+    return save_discriminator(mods["D"], out_path)
