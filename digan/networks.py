@@ -297,7 +297,7 @@ def _parse_times(Ts: Union[torch.Tensor, Sequence[float]], B: int) -> torch.Tens
     Ts = torch.as_tensor(Ts, dtype=torch.float32)
     shape = tuple(Ts.shape)
     if Ts.numel() == 0 or Ts.numel() % B != 0:
-        raise ValueError(f"Ts must hold T >= 1 times per video for {B} videos, got shape {shape}; "
+        raise ValueError(f"Ts must hold T times per video (T >= 1) for {B} videos, got shape {shape}; "
                          f"accepted layouts: {TIME_LAYOUTS}")
     flat = Ts.ndim == 1 or (Ts.ndim == 4 and shape[1:] == (1, 1, 1))
     per_video = (Ts.ndim == 2 or (Ts.ndim == 4 and shape[2:] == (1, 1))) and shape[0] == B

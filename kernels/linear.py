@@ -491,6 +491,11 @@ def _triton_config(KX: int, E: int, N: int, precision: str) -> dict:
         BLOCK_K //= 2
     BLOCK_M = 128 if (N <= 16 or precision != "fp32") else 64
     num_warps = 8 if BLOCK_M * BLOCK_N >= 128 * 128 else 4
+    if E and precision == "fp32" and BLOCK_M * BLOCK_N >= 64 * 128:
+        # The fp32 (FMA) dot keeps its whole (64, 128) accumulator in registers: with 4 warps that
+        # is 64 per thread beside four table tiles, and sm_80 spilled 56 bytes at 255 registers.
+        # 8 warps halve the accumulator per thread (the tile and its reduction order are unchanged).
+        num_warps = 8
     return dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps, num_stages=3)
 
 
