@@ -101,7 +101,7 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
     ow.add_argument("-n", "--no-overwrite", action="store_true",
                     help="never overwrite: refuse when an output exists (the default without -y)")
     g.add_argument("--preview", action="store_true", help="write a contact-sheet PNG beside the video")
-    g.add_argument("--gif", action="store_true", help="with --preview, also write an animated GIF")
+    g.add_argument("--gif", action="store_true", help="also write an animated GIF preview (implies --preview)")
     g.add_argument("--encoder", choices=["auto", "native", "pyav"], default="auto",
                    help="native C++ frame stream (own thread) or pure-Python PyAV")
     g = p.add_argument_group("compute")
@@ -348,31 +348,44 @@ def output_exists(path: str, png: bool) -> bool:
 # ---- progress ---------------------------------------------------------------------------------
 
 class Progress:
-    """One line on stderr: frames done/total, frames/s, ETA. Redrawn in place on a terminal,
-    a line every ~10 s otherwise (logs), nothing with --quiet."""
+    """A tqdm bar on stderr, per frame. Frames reused by --resume are its starting point
+    (`initial`), so the rate and ETA count only the frames rendered now; nothing with --quiet."""
 
-    def __init__(self, total: int, label: str, quiet: bool):
-        self.total, self.label, self.quiet = total, label, quiet
-        self.done = 0
-        self.t0 = self.last = time.monotonic()
-        self.tty = sys.stderr.isatty()
+    def __init__(self, total: int, label: str, quiet: bool, initial: int = 0):
+        self.total, self.initial, self.done = total, initial, initial
+        self.t0 = time.monotonic()
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+            # On a terminal ~5 redraws a second; in a log one line every 10 s (not one per frame).
+            self.bar = tqdm(total=total, initial=initial, desc=label, unit="frame", file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0, smoothing=0.05)
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        now = time.monotonic()
-        if self.quiet or (now - self.last < (0.2 if self.tty else 10.0) and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        width = 24
-        fill = int(width * self.done / max(self.total, 1))
-        line = (f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} frames "
-                f"{rate:.2f} fps, ETA {eta:.0f}s")
-        sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
-        if self.tty and self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def summary(self, path, W: int, H: int) -> str:
+        """frames, size, time, fps of this run and where the output is."""
+        secs = time.monotonic() - self.t0
+        new = self.done - self.initial
+        size = _file_size(path)
+        reused = f" ({self.initial} reused by --resume)" if self.initial else ""
+        return (f"wrote {path}: {self.done} frames {W}x{H}{reused}, {size / 2**20:.2f} MiB, {new} rendered in "
+                f"{secs:.1f} s ({new / max(secs, 1e-9):.1f} fps)")
+
+
+def _file_size(path) -> int:
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.iterdir() if f.is_file())
+    return p.stat().st_size if p.exists() else 0
 
 
 # ---- frames ----------------------------------------------------------------------------------
@@ -431,6 +444,7 @@ def cmd_render(args) -> int:
     from .sink import available_codecs, validate_sink_args
 
     check_numbers(args)
+    args.preview = args.preview or args.gif   # --gif alone asks for the preview (sheet + GIF)
     # torchrun: rank r renders segments r, r + W, ...; rank 0 joins them after a barrier.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
@@ -479,7 +493,7 @@ def cmd_render(args) -> int:
             T = renderer.plan.num_frames
             settings = dict(codec=codec, crf=args.crf, preset=args.preset, fps=args.fps, width=W, height=H,
                             segment_frames=args.segment_frames, grid=list(grid))
-            key = hashlib.sha256((req.content_hash(mid) + repr(sorted(settings.items()))).encode()).hexdigest()[:24]
+            key = hashlib.sha256((renderer.content_hash(mid) + repr(sorted(settings.items()))).encode()).hexdigest()[:24]
             writers.append(SegmentedWriter(
                 path, request_hash=key, total_frames=T, width=W, height=H, fps=args.fps, codec=codec,
                 crf=None if png else args.crf, preset=None if png else args.preset,
@@ -503,18 +517,16 @@ def _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, samp
     T = renderer.plan.num_frames
     if not args.quiet:
         print(f"{path}: {W}x{H}, {T} frames at {args.fps:g} fps, {renderer.backend} backend on "
-              f"{renderer.device}, {req.precision}; plan: {renderer.plan.describe()}", file=sys.stderr)
+              f"{renderer.device}, {renderer.precision}; plan: {renderer.plan.describe()}", file=sys.stderr)
     mine = sum(s.frames for s in writer.my_segments())  # this rank's frames (all of them in one process)
-    progress = Progress(mine, Path(path).name, args.quiet)
     pending = writer.pending_segments()
     skipped = mine - sum(e - s for _, s, e in pending)
     if writer.reencode and not args.quiet:
         print(f"resume: segment(s) {writer.reencode[:10]} were encoded by another encoder build; encoding them "
               "again so that all segments join", file=sys.stderr)
-    if skipped:
-        progress.update(skipped)
-        if not args.quiet:
-            print(f"resume: {skipped} frames already rendered in complete segments", file=sys.stderr)
+    if skipped and not args.quiet:
+        print(f"resume: {skipped} frames already rendered in complete segments", file=sys.stderr)
+    progress = Progress(mine, Path(path).name, args.quiet, initial=skipped)
 
     wanted = set(sample_indices(T)) if args.preview else set()
     gif_every = max(1, T // 64)  # a GIF of at most ~64 frames
@@ -529,8 +541,11 @@ def _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, samp
             yield fr
             progress.update(1)
 
-    for index, s, e in pending:
-        writer.write_segment(index, counted(grid_frames(renderer, grid, s, e), s))
+    try:
+        for index, s, e in pending:
+            writer.write_segment(index, counted(grid_frames(renderer, grid, s, e), s))
+    finally:
+        progress.close()
     if world > 1:
         torch.distributed.barrier()
         if rank != 0:
@@ -538,7 +553,7 @@ def _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, samp
             return
     final = writer.finalize()
     if not args.quiet:
-        print(f"wrote {final}", file=sys.stderr)
+        print(progress.summary(final, W, H), file=sys.stderr)
     if args.preview:
         # Frames in segments reused by --resume were not seen: render just those.
         for i in sorted(wanted - set(captured)):
