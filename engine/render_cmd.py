@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -65,9 +66,10 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
                    help="class label(s) for class-conditional models, e.g. '12' or '3,7' (--class as in StyleGAN)")
     g.add_argument("--psi", "--trunc", dest="psi", type=float, default=1.0,
                    help="truncation psi (1 = none; --trunc as in the official scripts)")
-    g.add_argument("--grid", choices=["seeds", "motion"], default=None,
-                   help="one video holding a grid: 'seeds' = one cell per seed; 'motion' = the first seed's "
-                        "content with each --motion-seeds motion (motion diversity)")
+    g.add_argument("--grid", default=None, metavar="{seeds,motion,WxH}",
+                   help="one video holding a grid: 'seeds' = one cell per seed (near-square); 'motion' = the "
+                        "first seed's content with each --motion-seeds motion (motion diversity); WxH, e.g. "
+                        "4x2 = the seeds in W columns and H rows (StyleGAN3 gen_video.py's --grid)")
     g = p.add_argument_group("time")
     g.add_argument("--frames", type=_int_arg, default=16, help="frames on the time grid [t-start, t-end]")
     g.add_argument("--fps", type=float, default=16.0, help="frame rate of the output file")
@@ -254,6 +256,16 @@ def resolve_codec(path: str, codec: Optional[str]) -> Tuple[str, bool]:
                      "(or a folder for PNG frames; --preview --gif adds an animated GIF beside a video)")
 
 
+def parse_grid(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    """--grid: None, 'seeds', 'motion' -> None (automatic shape); 'WxH' -> (columns W, rows H)."""
+    if text is None or text in ("seeds", "motion"):
+        return None
+    m = re.fullmatch(r"\s*(\d{1,4})\s*[xX]\s*(\d{1,4})\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(f"--grid must be 'seeds', 'motion' or WxH with W, H >= 1 (e.g. 4x2), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 def build_requests(args, cfg) -> List[Tuple[str, RenderRequest, Tuple[int, int]]]:
     """[(output path, request, grid shape (rows, cols))] — one per output file."""
     view = build_view(args, cfg)
@@ -264,6 +276,7 @@ def build_requests(args, cfg) -> List[Tuple[str, RenderRequest, Tuple[int, int]]
     common = dict(psi=args.psi, frames=args.frames, t_start=args.t_start, t_end=args.t_end,
                   interpolate=args.interpolate, view=view, precision=args.precision, memory_budget=budget,
                   backend=args.backend, device=args.device)
+    shape = parse_grid(args.grid)
     if labels is not None and len(labels) == 1:
         labels = labels * (len(motion) if args.grid == "motion" and motion else len(seeds))
     if args.grid == "motion":
@@ -279,8 +292,13 @@ def build_requests(args, cfg) -> List[Tuple[str, RenderRequest, Tuple[int, int]]
         output = os.path.join(args.outdir, "grid" + ext if args.grid else "seed{seed04}" + ext)
     if args.grid:
         n = len(seeds)
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
+        if shape is not None:
+            cols, rows = shape
+            if n > rows * cols:
+                raise ValueError(f"--grid {args.grid} has {rows * cols} cells for {n} videos (--seeds)")
+        else:
+            cols = math.ceil(math.sqrt(n))
+            rows = math.ceil(n / cols)
         req = RenderRequest(seeds=seeds, motion_seeds=motion, labels=labels, **common)
         return [(output.replace("{seed}", "grid"), req, (rows, cols))]
     if motion is not None and len(motion) != len(seeds):
