@@ -377,7 +377,8 @@ class Progress:
             from tqdm import tqdm
             # On a terminal ~5 redraws a second; in a log one line every 10 s (not one per frame).
             self.bar = tqdm(total=total, initial=initial, desc=label, unit="frame", file=sys.stderr,
-                            dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0, smoothing=0.05)
+                            dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0, smoothing=0.05,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} frames [{elapsed}<{remaining}, {rate_fmt}]")
 
     def update(self, n: int = 1) -> None:
         self.done += n

@@ -16,7 +16,7 @@ def test_tqdm_bar_and_summary(tmp_path, capsys):
     out = tmp_path / "a.mkv"
     rc, err = run("render", *ARGS, "-o", out, capsys=capsys)
     assert rc == 0, err
-    assert re.search(r"a\.mkv: 100%\|.*\| 12/12 \[", err), err       # tqdm's bar, in frames
+    assert re.search(r"a\.mkv: 100%\|.*\| 12/12 frames \[.*frame/s\]", err), err   # tqdm's bar, in frames
     assert re.search(rf"wrote {re.escape(str(out))}: 12 frames 32x32, [0-9.]+ MiB, 12 rendered in [0-9.]+ s "
                      r"\([0-9.]+ fps\)", err), err
 
@@ -30,7 +30,7 @@ def test_progress_after_resume_counts_only_new_frames(tmp_path, capsys, monkeypa
     rc, err = run("render", *ARGS, "-o", out, "--resume", capsys=capsys)
     assert rc == 0, err
     # The bar starts at the 4 reused frames; the rate and the summary count the 8 rendered now.
-    assert "resume: 4 frames already rendered" in err and " 12/12 [" in err, err
+    assert "resume: 4 frames already rendered" in err and " 12/12 frames [" in err, err
     assert "12 frames 32x32 (4 reused by --resume)" in err and ", 8 rendered in " in err, err
 
 
