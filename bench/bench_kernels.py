@@ -59,6 +59,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.envinfo import device_name, git_rev  # noqa: E402
+from bench.results_md import replace_block  # noqa: E402
 from digan.config import generator_preset  # noqa: E402
 from kernels import SQRT2, fmm_linear, fmm_modulate, nearest_index, rgb_to_yuv420, to_uint8  # noqa: E402
 from kernels._common import interpreter_enabled, triton_available  # noqa: E402
@@ -606,19 +607,12 @@ def write_results(rows: List[dict], meta: dict, jsonl: Path = REPO / "bench" / "
     body = (f"_{meta['date']} rev {rev}, {meta['device']}, `{meta['command']}`"
             + (" (quick: reduced sizes)" if meta["quick"] else "") + f"_\n\nMeasured peaks: {meta['peaks']}.\n\n"
             + markdown_table(rows))
-    block = f"{begin}\n{body}\n{end}"
-    text = md.read_text() if md.exists() else "# Benchmark results\n"
-    i = text.find(begin)
-    j = text.find(end, i + len(begin)) if i >= 0 else -1
-    if i >= 0 and j >= 0:
-        text = text[:i] + block + text[j + len(end):]
-    else:
-        title = "GPU" if kind == "gpu" else "CPU"
-        text = (text.rstrip() + f"\n\n## Kernel microbenchmarks ({title}, `python bench/bench_kernels.py`)\n\n"
-                "Each op of `kernels/` against its plain-PyTorch equivalent at the model's shapes; rate in "
-                "TFLOP/s (GEMM FLOPs) or GB/s (bytes the op must move), as a fraction of the peaks measured "
-                "in the same run.\n\n" + block + "\n")
-    md.write_text(text)
+    title = "GPU" if kind == "gpu" else "CPU"
+    replace_block(md, begin, end, body,
+                  f"## Kernel microbenchmarks ({title}, `python bench/bench_kernels.py`)\n\n"
+                  "Each op of `kernels/` against its plain-PyTorch equivalent at the model's shapes; rate in "
+                  "TFLOP/s (GEMM FLOPs) or GB/s (bytes the op must move), as a fraction of the peaks measured "
+                  "in the same run.\n\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

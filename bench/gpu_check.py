@@ -296,16 +296,10 @@ def write(report: dict, md: Path = RESULTS_MD, jsonl: Path = RESULTS_JSONL) -> N
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     with open(jsonl, "a") as f:
         f.write(json.dumps(report, default=str) + "\n")
-    block = f"{BEGIN}\n{markdown(report)}\n{END}"
-    text = md.read_text() if md.exists() else "# Benchmark results\n"
-    i = text.find(BEGIN)
-    j = text.find(END, i + len(BEGIN)) if i >= 0 else -1
-    if i >= 0 and j >= 0:
-        text = text[:i] + block + text[j + len(END):]
-    else:
-        text = (text.rstrip() + "\n\n## GPU check (`make gpu-check`)\n\nTests, render and kernel "
-                "benchmarks in one run on a lent GPU (bench/gpu_check.py).\n\n" + block + "\n")
-    md.write_text(text)
+    from bench.results_md import replace_block
+    replace_block(md, BEGIN, END, markdown(report),
+                  "## GPU check (`make gpu-check`)\n\nTests, render and kernel benchmarks in one run on a lent "
+                  "GPU (bench/gpu_check.py).\n\n")
 
 
 # ---- main ---------------------------------------------------------------------------------------

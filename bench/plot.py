@@ -64,6 +64,18 @@ def _parse_size(size: str):
     return side, frames, videos
 
 
+def _save(fig, kind: str, device: str, rows: Sequence[dict], out: Path) -> Path:
+    """Title the figure with where its rows come from and write out/bench_<kind>_<device>.png."""
+    import matplotlib.pyplot as plt
+    first = rows[0]
+    fig.suptitle(f"{kind}: {device} · {first.get('date', '?')[:10]} · rev {first.get('rev', '?')}", fontsize=10)
+    fig.tight_layout()
+    path = out / f"bench_{kind}_{_slug(device)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_render(rows: Sequence[dict], device: str, out: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on these machines
@@ -86,13 +98,7 @@ def plot_render(rows: Sequence[dict], device: str, out: Path) -> Path:
         ax.set_ylabel("frames/s")
         ax.grid(True, which="both", alpha=0.3)
     ax_px.legend(fontsize=8)
-    first = rows[0]
-    fig.suptitle(f"render: {device} · {first.get('date', '?')[:10]} · rev {first.get('rev', '?')}", fontsize=10)
-    fig.tight_layout()
-    path = out / f"bench_render_{_slug(device)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, "render", device, rows, out)
 
 
 def plot_kernels(rows: Sequence[dict], device: str, out: Path) -> Path:
@@ -122,13 +128,7 @@ def plot_kernels(rows: Sequence[dict], device: str, out: Path) -> Path:
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(ops):]:
         ax.axis("off")
-    first = rows[0]
-    fig.suptitle(f"kernels: {device} · {first.get('date', '?')[:10]} · rev {first.get('rev', '?')}", fontsize=10)
-    fig.tight_layout()
-    path = out / f"bench_kernels_{_slug(device)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, "kernels", device, rows, out)
 
 
 def main(argv: Sequence[str] = None) -> int:
