@@ -33,7 +33,7 @@ t_import = time.perf_counter()
 import torch
 from digan.config import generator_preset
 from digan.networks import Generator
-from engine.executor import Renderer
+from engine.renderer import Renderer
 from engine.request import RenderRequest
 
 def status(key):

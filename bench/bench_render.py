@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from bench.envinfo import device_name, git_rev  # noqa: E402
 from digan.default import untrained_generator  # noqa: E402
 from digan.view import View  # noqa: E402
-from engine.executor import Renderer  # noqa: E402
+from engine.renderer import Renderer  # noqa: E402
 from engine.flops import frame_work  # noqa: E402
 from engine.request import RenderRequest  # noqa: E402
 
@@ -86,7 +86,7 @@ MEMORY_CHILD = """
 import json, sys, torch
 sys.path.insert(0, {repo!r})
 from digan.default import untrained_generator
-from engine.executor import Renderer
+from engine.renderer import Renderer
 from engine.request import RenderRequest
 G = untrained_generator()
 req = RenderRequest(seeds=[0], frames={frames}, precision={precision!r}, backend="torch", device="cpu")

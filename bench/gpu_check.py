@@ -114,7 +114,8 @@ def step_tiles(plan: Plan, dry: bool, save) -> dict:
 
     import bench.bench_render as BR
     from digan.default import untrained_generator
-    from engine.executor import Renderer, render_tile
+    from engine.executor import render_tile
+    from engine.renderer import Renderer
     from engine.request import RenderRequest
 
     cuda = torch.cuda.is_available() and not dry

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from digan.default import untrained_generator
-from engine.executor import Renderer
+from engine.renderer import Renderer
 from engine.request import RenderRequest
 
 FRAMES = 16

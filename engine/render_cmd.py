@@ -457,7 +457,7 @@ def cmd_render(args) -> int:
     render; nothing is created on disk before every check has passed."""
     from digan.default import load_or_default
 
-    from .executor import Renderer
+    from .renderer import Renderer
     from .preview import sample_indices, write_preview
     from .segments import SegmentedWriter, recorded_backends
     from .sink import available_codecs, validate_sink_args

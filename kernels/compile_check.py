@@ -286,7 +286,7 @@ def stand_in_gpu(capture: _Capture) -> Iterator[None]:
     import triton
     from triton.runtime.jit import JITFunction
 
-    import engine.executor as ex
+    import engine.renderer as ex
     import kernels.linear as k_lin
     import kernels.linear_backward as k_lbw
     import kernels.modulate as k_mod
@@ -316,10 +316,9 @@ def stand_in_gpu(capture: _Capture) -> Iterator[None]:
 
     patched = [(m, "resolve_backend", resolve) for m in (k_lin, k_lbw, k_mod, k_mbw, k_rgb)]
     patched.append((ex, "interpreter_enabled", lambda: True))
-    if hasattr(ex, "resolve_precision"):
-        # The engine renders bf16 as fp32 on a CPU without native bf16; these CPU tensors stand
-        # for a GPU's, so the precision asked for is the one compiled.
-        patched.append((ex, "resolve_precision", lambda precision, device: precision))
+    # The engine renders bf16 as fp32 on a CPU without native bf16; these CPU tensors stand for a
+    # GPU's, so the precision asked for is the one compiled.
+    patched.append((ex, "resolve_precision", lambda precision, device: precision))
     saved = [(m, n, getattr(m, n)) for m, n, _ in patched]
     drv = triton.runtime.driver
     prev_driver = getattr(drv, "_active", None)    # None on a machine without a GPU
@@ -361,7 +360,7 @@ def drive(sc: Scenario, G) -> None:
 
     if sc.mode == "render":
         from digan.view import View
-        from engine.executor import Renderer
+        from engine.renderer import Renderer
         from engine.plan import make_plan
         from engine.request import RenderRequest
         req = RenderRequest(seeds=[0], frames=sc.frames, view=View(scale=sc.scale),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from digan.checkpoint import save_generator
-from engine.executor import Renderer
+from engine.renderer import Renderer
 from engine.request import RenderRequest
 from tests.conftest import REPO, perturbed_generator
 

@@ -11,7 +11,7 @@ import torch
 
 from digan.config import generator_preset
 from digan.view import View
-from engine.executor import Renderer
+from engine.renderer import Renderer
 from engine.plan import MiB, make_plan
 from engine.request import RenderRequest
 from tests.conftest import REPO, perturbed_generator, rel_l2
@@ -67,7 +67,7 @@ def test_tiling_is_invisible(tiny, precision, monkeypatch, position_independent_
     """Different budgets and tile caps -> whole video, frame chunks, row bands, blocks: identical
     uint8 frames."""
     # bf16 really runs in bf16 here, whatever this CPU (which may fall back to fp32 otherwise).
-    monkeypatch.setattr("engine.executor.cpu_bf16_support", lambda: (True, "test"))
+    monkeypatch.setattr("engine.precision.cpu_bf16_support", lambda: (True, "test"))
     req = RenderRequest(seeds=[4], frames=7, t_end=1.7, view=View(scale=2), precision=precision, backend="torch",
                         device="cpu", memory_budget=1 << 30)
     act = 2 if precision == "bf16" else 4
@@ -135,7 +135,7 @@ BOUNDED = textwrap.dedent("""
     from digan.config import generator_preset
     from digan.networks import Generator
     from digan.view import View
-    from engine.executor import Renderer
+    from engine.renderer import Renderer
     from engine.request import RenderRequest
     torch.manual_seed(0)
     G = Generator(generator_preset("tiny-64")).eval().requires_grad_(False)

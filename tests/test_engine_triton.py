@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from digan.view import View
-from engine.executor import Renderer, prepare_video
+from engine.executor import prepare_video
+from engine.renderer import Renderer
 from engine.request import RenderRequest
 from tests.conftest import perturbed_generator, rel_l2
 

@@ -10,8 +10,9 @@ import warnings
 import pytest
 import torch
 
-import engine.executor as ex
-from engine.executor import BIAS_BLOCK, Renderer
+import engine.precision as ex
+from engine.executor import BIAS_BLOCK
+from engine.renderer import Renderer
 from engine.plan import make_plan
 from engine.request import RenderRequest, TimeGrid
 from tests.conftest import perturbed_generator

@@ -19,7 +19,7 @@ import torch
 from digan.checkpoint import save_generator
 from engine import segments as seg_mod
 from engine.cli import main
-from engine.executor import Renderer
+from engine.renderer import Renderer
 from engine.request import RenderRequest
 from engine.segments import SegmentedWriter, SegmentError
 from engine.sink import native_available
