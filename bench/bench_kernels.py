@@ -62,7 +62,7 @@ from bench.envinfo import device_name, git_rev  # noqa: E402
 from bench.results_md import replace_block  # noqa: E402
 from digan.config import generator_preset  # noqa: E402
 from kernels import SQRT2, fmm_linear, fmm_modulate, nearest_index, rgb_to_yuv420, to_uint8  # noqa: E402
-from kernels._common import interpreter_enabled, triton_available  # noqa: E402
+from kernels._common import PRECISIONS, interpreter_enabled, triton_available  # noqa: E402
 
 OPS = ("modulate", "conv", "emb", "split", "torgb", "to_uint8", "yuv420")
 OP_TITLES = {
@@ -75,7 +75,6 @@ OP_TITLES = {
     "yuv420": "rgb_to_yuv420: uint8 RGB frames -> I420",
 }
 BACKENDS = ("triton", "torch", "unfused")
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 GPU_ROWS = ("1x128x128", "16x128x128", "1x1024x1024")   # 16K, 256K, 1M rows
 GPU_QUICK_ROWS = ("16x128x128",)

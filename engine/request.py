@@ -22,8 +22,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from digan.view import View
+from kernels._common import PRECISIONS
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 BACKENDS = ("auto", "torch", "triton")
 
 

@@ -13,8 +13,11 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+# The one definition of each; kernels/compile_check.py, engine/ and bench/ import them from here.
 PRECISIONS = ("fp32", "tf32", "bf16")   # GEMM compute modes (see fmm_linear)
 BACKENDS = ("auto", "triton", "torch")
+# Activation / weight dtype of each precision: tf32 keeps fp32 storage (only the GEMM rounds).
+COMPUTE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 FLOAT_DTYPES = (torch.float32, torch.bfloat16)
 INDEX_DTYPES = (torch.int64,)
 

@@ -41,11 +41,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
+from ._common import PRECISIONS
+
 ARCHS = (90, 80)
 # Shared memory one CTA may use (opt-in maximum): sm_90 227 KiB, sm_80 163 KiB (CUDA guide, table
 # "Technical Specifications per Compute Capability"). Triton refuses to load a kernel above it.
 SMEM_LIMIT = {90: 232448, 80: 166912}
-PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_OUT = Path("build") / "compile-report.json"
 
 
