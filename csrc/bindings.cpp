@@ -147,7 +147,9 @@ PYBIND11_MODULE(_framestream, m) {
         .def_property_readonly("failed", &FrameStream::failed);
 
     m.def("available_codecs", &framestream::available_codecs, py::arg("probe_hardware") = true,
-          "Known encoders in this FFmpeg build; hardware ones only if they open here.");
+          py::arg("names") = std::vector<std::string>(),
+          "Which of `names` (empty: every video encoder) this FFmpeg build has; hardware ones only if they "
+          "open here.");
     m.def("libavcodec_version", &framestream::libavcodec_version);
     m.def("libavformat_version", &framestream::libavformat_version);
     m.def("set_log_level", &framestream::set_print_level, py::arg("level"),

@@ -252,6 +252,7 @@ struct FrameStream::Impl {
         codec_name_ = codec->name;
         if (avformat_query_codec(oc_->oformat, codec->id, FF_COMPLIANCE_NORMAL) == 0)
             throw StreamError("container '" + format_name_ + "' cannot hold " + codec_name_ + " video");
+        check_pix_fmt(codec);
 
         ctx_ = avcodec_alloc_context3(codec);
         if (!ctx_) throw StreamError("out of memory allocating the " + codec_name_ + " context");
@@ -326,6 +327,18 @@ struct FrameStream::Impl {
         frame_->color_range = ctx_->color_range;
         err = av_frame_get_buffer(frame_, 0);
         if (err < 0) throw make_error("allocating a frame", err, false, path_);
+    }
+
+    // The encoder itself says which pixel formats it takes (no table here: the caller chose one).
+    void check_pix_fmt(const AVCodec* codec) const {
+        if (!codec->pix_fmts) return;  // the encoder lists none: avcodec_open2 decides
+        std::string accepted;
+        for (const AVPixelFormat* f = codec->pix_fmts; *f != AV_PIX_FMT_NONE; ++f) {
+            if (*f == enc_fmt_) return;
+            accepted += (accepted.empty() ? "" : ", ") + std::string(av_get_pix_fmt_name(*f));
+        }
+        throw std::invalid_argument("encoder " + codec_name_ + " cannot take pixel format " +
+                                    av_get_pix_fmt_name(enc_fmt_) + " (it takes: " + accepted + ")");
     }
 
     void release_ffmpeg() {
@@ -515,8 +528,6 @@ struct FrameStream::Impl {
 
 namespace {
 
-const char* kKnownEncoders[] = {"libx264", "libx265", "libsvtav1", "ffv1", "h264_nvenc", "hevc_nvenc"};
-
 // Hardware encoders exist in the build even without the hardware: open a small one to be sure.
 bool encoder_opens(const AVCodec* codec) {
     AVCodecContext* ctx = avcodec_alloc_context3(codec);
@@ -532,15 +543,29 @@ bool encoder_opens(const AVCodec* codec) {
     return err >= 0;
 }
 
-std::vector<std::string> list_codecs(bool probe_hardware) {
+// A hardware encoder (NVENC, VAAPI, ...) may exist in the build without a device to run on.
+bool is_hardware(const AVCodec* codec) {
+    return (codec->capabilities & AV_CODEC_CAP_HARDWARE) != 0 ||
+           std::string(codec->name).find("nvenc") != std::string::npos;
+}
+
+// The encoders among `names` (the caller's table) that this build has; every video encoder of the
+// build when `names` is empty.  Hardware ones count only if one opens, when asked to probe.
+std::vector<std::string> list_codecs(bool probe_hardware, const std::vector<std::string>& names) {
     ensure_ffmpeg_setup();
+    std::vector<const AVCodec*> candidates;
+    if (names.empty()) {
+        void* it = nullptr;
+        while (const AVCodec* codec = av_codec_iterate(&it))
+            if (av_codec_is_encoder(codec) && codec->type == AVMEDIA_TYPE_VIDEO) candidates.push_back(codec);
+    } else {
+        for (const std::string& name : names)
+            if (const AVCodec* codec = avcodec_find_encoder_by_name(name.c_str())) candidates.push_back(codec);
+    }
     std::vector<std::string> out;
-    for (const char* name : kKnownEncoders) {
-        const AVCodec* codec = avcodec_find_encoder_by_name(name);
-        if (!codec) continue;
-        bool hardware = std::string(name).find("nvenc") != std::string::npos;
-        if (hardware && probe_hardware && !encoder_opens(codec)) continue;
-        out.emplace_back(name);
+    for (const AVCodec* codec : candidates) {
+        if (probe_hardware && is_hardware(codec) && !encoder_opens(codec)) continue;
+        out.emplace_back(codec->name);
     }
     return out;
 }
@@ -587,7 +612,9 @@ std::string FrameStream::path() const { return impl_->path(); }
 bool FrameStream::closed() const { return impl_->closed(); }
 bool FrameStream::failed() const { return impl_->failed(); }
 
-std::vector<std::string> available_codecs(bool probe_hardware) { return list_codecs(probe_hardware); }
+std::vector<std::string> available_codecs(bool probe_hardware, const std::vector<std::string>& names) {
+    return list_codecs(probe_hardware, names);
+}
 std::string libavcodec_version() { return version_text(avcodec_version()); }
 std::string libavformat_version() { return version_text(avformat_version()); }
 void set_print_level(int level) { g_print_level.store(level); }

@@ -38,7 +38,8 @@ struct StreamError : std::runtime_error {
 class FrameStream {
 public:
     // Opens `path` and starts the encoder thread.  format: muxer name (mp4, matroska, mov; empty:
-    // from the extension); pix_fmt: the encoder's pixel format; input_format: rgb24 or yuv420p.
+    // from the extension); pix_fmt: the encoder's pixel format (refused unless the encoder lists it);
+    // input_format: rgb24 or yuv420p.  Frames are converted to pix_fmt with swscale when they differ.
     FrameStream(const std::string& path, int width, int height, int fps_num, int fps_den,
                 const std::string& codec_name, const std::string& format_name, const std::string& pix_fmt_name,
                 const std::string& input_format, const std::map<std::string, std::string>& codec_options,
@@ -78,8 +79,9 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-// Known encoders in this FFmpeg build; hardware ones (nvenc) only if one opens here when asked to probe.
-std::vector<std::string> available_codecs(bool probe_hardware);
+// Which of `names` (empty: every video encoder) this FFmpeg build has; hardware ones (nvenc) only if
+// one opens here when asked to probe.  The codec table lives in Python (engine/codecs.py).
+std::vector<std::string> available_codecs(bool probe_hardware, const std::vector<std::string>& names = {});
 std::string libavcodec_version();
 std::string libavformat_version();
 // Print FFmpeg messages at or below this av_log level (default AV_LOG_FATAL = 8).
