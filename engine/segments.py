@@ -39,197 +39,22 @@ short file lock, and rank 0 calls `finalize` after a barrier.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
-import hashlib
-import json
 import os
 import re
 import shutil
-from fractions import Fraction
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from .sink import PngSink, SinkConfigError, SinkSpec, _remove_partial, libavcodec_versions, make_spec, open_spec
+from digan.fsio import fsync_and_hash, fsync_dir, sha256_file  # noqa: F401 - sha256_file: tests hash segments with it
+from digan.fsio import remove_file as _remove_partial
 
-MANIFEST_FORMAT = "digan-segments/2"
-READABLE_FORMATS = ("digan-segments/1", MANIFEST_FORMAT)  # /1: no journal
-MANIFEST_NAME = "manifest.json"
-JOURNAL_NAME = "journal.jsonl"
-RENDER_LOCK = ".render.lock"
-_OWN_FILE = re.compile(r"^(seg_\d{5}(\.\w+)?(\.tmp)?|manifest\.json(\.\d+\.tmp)?|journal\.jsonl|\.lock|"
-                       r"\.render\.lock|\.rank\d+\.lock|\.digan-probe-.*)$")
+from .codecs import EXT_BY_CONTAINER
+from .concat import Segment, SegmentError, concat_segments, plan_segments  # noqa: F401 - public names
+from .manifest import PartsFolder, ResumeError, recorded_backends, remove_segment  # noqa: F401 - public names
+from .sink import PngSink, SinkConfigError, SinkSpec, libavcodec_versions, make_spec, open_spec
 
 
-class ResumeError(ValueError):
-    """The parts folder cannot be used for this render; the message says what to do."""
-
-
-class SegmentError(ValueError):
-    """Segments are missing or damaged when joining them; the message says how to continue
-    (a ValueError, so the CLI reports it in one line with exit status 2)."""
-
-
-class Segment(NamedTuple):
-    """(index, start, end): frames [start, end)."""
-    index: int
-    start: int   # first frame (inclusive)
-    end: int     # last frame + 1
-
-    @property
-    def frames(self) -> int:
-        return self.end - self.start
-
-
-def plan_segments(total_frames: int, segment_frames: int) -> List[Segment]:
-    """[0, total) cut every `segment_frames` frames (the last one may be shorter)."""
-    return [Segment(i, s, min(s + segment_frames, total_frames))
-            for i, s in enumerate(range(0, total_frames, segment_frames))]
-
-
-# ---------------------------------------------------------------------------------------------
-# Files, durably
-
-
-def _remove_segment(path: str) -> None:
-    """Remove a segment file or PNG segment folder (regular files and folders only)."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        _remove_partial(path)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_and_hash(path: str) -> tuple:
-    """fsync `path` (a file, or each file of a folder and the folder) and return (sha256 hex, size)."""
-    if os.path.isdir(path):
-        for name in os.listdir(path):
-            fsync_and_hash(os.path.join(path, name))
-        fsync_dir(path)
-        return sha256_file(path)
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-        f.seek(0)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def sha256_file(path: str) -> tuple:
-    """(sha256 hex, size) of a file, or of a PNG segment folder (names and contents, sorted)."""
-    if os.path.isdir(path):
-        h, size = hashlib.sha256(), 0
-        for name in sorted(os.listdir(path)):
-            digest, n = sha256_file(os.path.join(path, name))
-            h.update(f"{name}\0{digest}\0".encode())
-            size += n
-        return h.hexdigest(), size
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_partial(tmp)
-        raise
-    fsync_dir(os.path.dirname(path) or ".")
-
-
-# ---------------------------------------------------------------------------------------------
-# Joining segments by stream copy
-
-
-def concat_segments(paths: List[str], starts: List[int], counts: List[int], fps: Fraction, out_path: str,
-                    container: str) -> int:
-    """Stream-copy the segment files, in order, into `out_path` (muxer `container`); returns the
-    number of packets (= frames) written.
-
-    Presentation times are offset by each segment's first frame.  Decode times are rebuilt as
-    sorted(pts) - D with one D for the whole file (the largest reordering of any segment), which
-    keeps them increasing across the joins whatever the container stored (Matroska keeps none)."""
-    import av
-
-    # Pass 1: timestamps and codec parameters of every segment, no decoding.
-    infos = []
-    for path, count in zip(paths, counts):
-        with av.open(path) as inp:
-            ist = inp.streams.video[0]
-            pts = [p.pts for p in inp.demux(ist) if p.size]
-            if len(pts) != count or any(p is None for p in pts):
-                raise SegmentError(f"segment {path!r} holds {len(pts)} frames with timestamps, expected {count}: "
-                                   "render it again (--resume)")
-            srt = sorted(pts)
-            shift = max(s - p for s, p in zip(srt, pts)) * ist.time_base
-            infos.append((ist.time_base, bytes(ist.codec_context.extradata or b""), shift))
-    extradata0 = infos[0][1]
-    bad = [i for i, info in enumerate(infos) if info[1] != extradata0]
-    if bad:
-        err = SegmentError(f"segments {bad} were encoded with other codec parameters than segment 0 (a different "
-                           "encoder build); they are now marked pending: run the same command with --resume to "
-                           "encode them again")
-        err.positions = bad  # positions in `paths`, for the caller to mark pending
-        raise err
-    delay = max(info[2] for info in infos)  # seconds
-
-    # Pass 2: copy packets with shifted timestamps.
-    frames = 0
-    with av.open(out_path, "w", format=container) as out:
-        ost = None
-        for path, start, (tb, _, _) in zip(paths, starts, infos):
-            with av.open(path) as inp:
-                ist = inp.streams.video[0]
-                if ost is None:
-                    try:
-                        ost = out.add_stream_from_template(ist)
-                    except av.codec.codec.UnknownCodecError:
-                        # PyAV looks for an *encoder* named like the decoder (libdav1d for AV1):
-                        # copy the parameters without one.
-                        ost = out.add_stream_from_template(ist, opaque=True)
-                    tag = ist.codec_context.codec_tag.strip("\x00 ")
-                    if container in ("mp4", "mov") and tag:
-                        ost.codec_context.codec_tag = tag  # keep e.g. hvc1 (the muxer would pick hev1)
-                offset = round(Fraction(start) / fps / tb)
-                d = -(-delay // tb) if delay else 0  # ceil, in this segment's time base
-                frame_dur = max(1, round(1 / fps / tb))
-                packets = [p for p in inp.demux(ist) if p.size]
-                srt = sorted(p.pts for p in packets)
-                for pkt, s in zip(packets, srt):
-                    pkt.pts = pkt.pts + offset
-                    pkt.dts = s + offset - d
-                    if not pkt.duration:
-                        pkt.duration = frame_dur
-                    pkt.stream = ost
-                    out.mux(pkt)
-                    frames += 1
-    return frames
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-class SegmentedWriter:
+class SegmentedWriter(PartsFolder):
     """Writes one video as segments, resumably.  Typical use::
 
         with SegmentedWriter("out.mp4", request_hash, total_frames=256, width=W, height=H, fps=24,
@@ -239,7 +64,8 @@ class SegmentedWriter:
             path = w.finalize()
 
     Everything is checked in the constructor before any frame is made (sink settings as in
-    `engine.sink.make_spec`, segment length, gop dividing it, the parts folder and its lock).
+    `engine.sink.make_spec`, pix_fmt included, segment length, gop dividing it, the parts folder
+    and its lock; the folder's rules are `engine.manifest.PartsFolder`'s).
     The writer holds the parts folder's lock until `finalize` or `close` (or until it is garbage
     collected); leaving the `with` block closes it."""
 
@@ -248,7 +74,7 @@ class SegmentedWriter:
                  gop: Optional[int] = None, backend: str = "auto", segment_frames: int = 64,
                  resume: bool = False, queue_size: int = 8, input_format: str = "rgb24", rank: int = 0,
                  world_size: int = 1, keep_parts: bool = False, overwrite: bool = False,
-                 replace_output: bool = True):
+                 replace_output: bool = True, pix_fmt: Optional[str] = None):
         out_path = os.fspath(out_path)
         if not isinstance(request_hash, str) or not request_hash:
             raise SinkConfigError("request_hash must be a non-empty string")
@@ -261,7 +87,8 @@ class SegmentedWriter:
                                   f"line up across segments; use a gop that divides it (e.g. {segment_frames})")
         if not (0 <= rank < world_size):
             raise SinkConfigError(f"rank {rank} is outside world_size {world_size}")
-        spec = make_spec(out_path, width, height, fps, codec, crf, preset, gop, backend, queue_size, input_format)
+        spec = make_spec(out_path, width, height, fps, codec, crf, preset, gop, backend, queue_size, input_format,
+                         pix_fmt=pix_fmt)
         try:
             import av  # noqa: F401 - joining segments uses PyAV
         except ImportError as exc:
@@ -278,7 +105,7 @@ class SegmentedWriter:
         self.replace_output = replace_output  # False: an existing output is an error, even one that
         # appears while this render runs (another process's): the join never clobbers it
         self.parts_dir = out_path.rstrip("/" + os.sep) + ".parts"
-        self.ext = "" if self.png else {"mp4": ".mp4", "matroska": ".mkv", "mov": ".mov"}[spec.container]
+        self.ext = "" if self.png else EXT_BY_CONTAINER[spec.container]
         self.segments = plan_segments(total_frames, segment_frames)
         self.rendered: List[int] = []  # segments written by this object, in order (for logs and tests)
         self.reencode: List[int] = []  # finished segments of another encoder build, rendered again
@@ -289,16 +116,9 @@ class SegmentedWriter:
 
     # -- public ---------------------------------------------------------------------------
 
-    def my_segments(self) -> List[Segment]:
-        return [s for s in self.segments if s.index % self.world_size == self.rank]
-
     def pending_segments(self) -> List[Segment]:
         """This rank's segments still to render, in order."""
         return [s for s in self.my_segments() if s.index not in self._done]
-
-    def segment_path(self, index: int) -> str:
-        """The finished segment: a video file, or a folder of PNGs in PNG mode."""
-        return os.path.join(self.parts_dir, f"seg_{index:05d}{self.ext}")
 
     def write_segment(self, index: int, frames: Iterable) -> Dict[str, Any]:
         """Encode segment `index` from `frames` (an iterable of frames (H, W, 3), or of batches
@@ -315,7 +135,7 @@ class SegmentedWriter:
         tmp = final + ".tmp"
         sink = None
         try:
-            _remove_segment(tmp)
+            remove_segment(tmp)
             if self.png:
                 sink = PngSink(self.spec.with_path(tmp), start_index=seg.start)
             else:
@@ -335,13 +155,13 @@ class SegmentedWriter:
                                  f"the iterable gave {n}")
             sink.close()
             digest, size = fsync_and_hash(tmp)
-            _remove_segment(final)  # a re-render of a finished segment (a folder cannot be replaced)
+            remove_segment(final)  # a re-render of a finished segment (a folder cannot be replaced)
             os.replace(tmp, final)
             fsync_dir(self.parts_dir)
         except BaseException:
             if sink is not None:
                 sink.abort()
-            _remove_segment(tmp)
+            remove_segment(tmp)
             raise
         record = {"index": index, "start": seg.start, "end": seg.end, "frames": seg.frames,
                   "file": os.path.basename(final), "bytes": size, "sha256": digest, "encoder": self._encoder,
@@ -360,17 +180,6 @@ class SegmentedWriter:
         if finalize and self.world_size == 1:
             return self.finalize()
         return None
-
-    def manifest(self) -> Dict[str, Any]:
-        """The folder's manifest with the journal applied (header and every finished segment)."""
-        with self._locked():
-            return self._read_manifest() or dict(self._header(), segments={})
-
-    def finished_segments(self) -> List[int]:
-        """Indices of every finished segment recorded in the folder (all ranks)."""
-        with self._locked():
-            m = self._read_manifest()
-        return sorted(int(k) for k in (m or {}).get("segments", {}))
 
     def finalize(self) -> str:
         """Check every segment against the manifest, join them by stream copy into the output
@@ -479,275 +288,10 @@ class SegmentedWriter:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    # -- parts folder, lock and manifest --------------------------------------------------
-
-    @property
-    def manifest_path(self) -> str:
-        return os.path.join(self.parts_dir, MANIFEST_NAME)
-
-    @property
-    def journal_path(self) -> str:
-        return os.path.join(self.parts_dir, JOURNAL_NAME)
-
-    def _header(self) -> Dict[str, Any]:
-        return {"format": MANIFEST_FORMAT, "request_hash": self.request_hash, "total_frames": self.total_frames,
-                "segment_frames": self.segment_frames, "settings": self.spec.settings(),
-                "ranges": [[s.start, s.end] for s in self.segments]}
-
     def _finish(self) -> None:
         if not self.keep_parts:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._release()
-
-    def _release(self) -> None:
-        held, self._held = getattr(self, "_held", []), []
-        for f in held:
-            f.close()  # closing the file drops its flock
-
-    def _hold(self, name: str, shared: bool) -> bool:
-        """Take a non-blocking flock on parts_dir/name for the writer's life; False if another
-        process holds it.  Retries when the folder was replaced meanwhile (a render finishing
-        removes its folder while holding the lock)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no protection between processes
-            self._held.append(open(os.devnull))
-            return True
-        path = os.path.join(self.parts_dir, name)
-        for _ in range(10):
-            os.makedirs(self.parts_dir, exist_ok=True)
-            f = open(path, "a")
-            try:
-                fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                return False
-            try:
-                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._held.append(f)
-                return True
-            f.close()  # we locked a file of a folder that is gone: lock the new one
-        raise ResumeError(f"{self.parts_dir!r} keeps being replaced by another process: retry")
-
-    def _lock_for_life(self) -> None:
-        busy = ResumeError(f"another render is writing into {self.parts_dir!r} right now (it holds the folder's "
-                           f"lock): wait for it to finish, or write to another output path")
-        if self.world_size == 1:
-            if not self._hold(RENDER_LOCK, shared=False):
-                raise busy
-            return
-        if not self._hold(RENDER_LOCK, shared=True) or not self._hold(f".rank{self.rank}.lock", shared=False):
-            self._release()
-            raise busy
-
-    def _open_parts(self, resume: bool, overwrite: bool) -> None:
-        existed = os.path.isdir(self.parts_dir)
-        try:
-            os.makedirs(self.parts_dir, exist_ok=True)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot create the segment folder: {exc.strerror}", self.parts_dir) from None
-        if existed:  # refuse a foreign folder before leaving any file of ours in it
-            names = os.listdir(self.parts_dir)
-            foreign = sorted(n for n in names if not _OWN_FILE.match(n))
-            if foreign and MANIFEST_NAME not in names:
-                raise ResumeError(f"{self.parts_dir!r} exists but holds no manifest and other files "
-                                  f"({', '.join(foreign[:5])}): it is not a segment folder; move it away "
-                                  "or choose another output path")
-        try:
-            self._lock_for_life()
-            with self._locked():
-                self._check_and_compact(resume, overwrite)
-        except BaseException:
-            if not existed and not self._held:
-                pass  # another render owns the folder it just made: leave it alone
-            elif not existed:
-                shutil.rmtree(self.parts_dir, ignore_errors=True)
-            self._release()
-            raise
-
-    def _check_and_compact(self, resume: bool, overwrite: bool) -> None:
-        if not self.replace_output and self.rank == 0 and os.path.lexists(self.out_path) and not (
-                self.png and os.path.isdir(self.out_path) and not any(n.endswith(".png") for n in os.listdir(self.out_path))):
-            raise ResumeError(f"{self.out_path} already exists: pass -y/--overwrite to replace it, or choose "
-                              "another output path")
-        m = self._read_manifest()
-        if m is None:
-            foreign = sorted(n for n in os.listdir(self.parts_dir) if not _OWN_FILE.match(n))
-            if foreign:
-                raise ResumeError(f"{self.parts_dir!r} exists but holds no manifest and other files "
-                                  f"({', '.join(foreign[:5])}): it is not a segment folder; move it away "
-                                  "or choose another output path")
-        mine = {s.index for s in self.my_segments()}
-        finished = sorted(int(k) for k in (m or {}).get("segments", {}))
-        if self.world_size > 1:  # other ranks of this same run may have finished theirs already
-            finished = [i for i in finished if i in mine]
-        choices = ("run the same command with --resume to continue it, or with --overwrite to start over")
-        if m is not None and m.get("request_hash") != self.request_hash:
-            theirs = str(m.get("request_hash"))[:16]
-            if finished and not overwrite:
-                raise ResumeError(
-                    f"{self.parts_dir!r} holds {len(finished)} finished segment(s) of a different render (request "
-                    f"{theirs}, this one is {self.request_hash[:16]}): delete that folder, pass --overwrite to "
-                    "replace it, or write to another output path")
-            self._wipe()
-            m = None
-        header = self._header()
-        if m is not None:
-            diff = [k for k in header if k not in ("ranges", "format") and m.get(k) != header[k]]
-            if diff and resume and not overwrite:
-                fields = []
-                for k in diff:
-                    if k == "settings":
-                        old, new = m.get(k) or {}, header[k]
-                        fields += [f"{f}: {old.get(f)!r} -> {new.get(f)!r}" for f in new if old.get(f) != new.get(f)]
-                    else:
-                        fields.append(f"{k}: {m.get(k)!r} -> {header[k]!r}")
-                raise ResumeError(f"cannot resume into {self.parts_dir!r}: same request but other settings "
-                                  f"({'; '.join(fields)}); rerun with the original settings, or with --overwrite "
-                                  "(instead of --resume) to start over")
-            if finished and not resume and not overwrite:
-                raise ResumeError(f"{self.parts_dir!r} holds {len(finished)} finished segment(s) of this render: "
-                                  f"{choices}")
-            if diff or overwrite:  # everything there is obsolete
-                self._wipe()
-                m = None
-        if m is None:
-            m = dict(header, segments={})
-        for s in self.my_segments():
-            _remove_segment(self.segment_path(s.index) + ".tmp")  # leftovers of a killed run
-        segs = m.setdefault("segments", {})
-        for key in list(segs):
-            i = int(key)
-            if i not in mine:
-                continue
-            rec = segs[key]
-            keep = False
-            try:
-                keep = sha256_file(self.segment_path(i)) == (rec.get("sha256"), rec.get("bytes"))
-            except FileNotFoundError:
-                keep = False
-            if keep and rec.get("encoder") != self._encoder:
-                # Another encoder build (e.g. native, now pyav) writes other codec parameters, and
-                # segments with different parameters cannot be joined by stream copy.
-                keep = False
-                self.reencode.append(i)
-            if keep:
-                self._done[i] = rec
-            else:
-                del segs[key]
-                _remove_segment(self.segment_path(i))
-        for i in mine:  # files of ours that never reached the manifest
-            if i not in self._done:
-                _remove_segment(self.segment_path(i))
-        m.update(header)
-        write_json_atomic(self.manifest_path, m)
-        _remove_partial(self.journal_path)  # folded into the manifest just written
-
-    def _wipe(self) -> None:
-        for name in os.listdir(self.parts_dir):
-            if name.startswith("seg_"):
-                _remove_segment(os.path.join(self.parts_dir, name))
-        _remove_partial(self.journal_path)
-
-    def _read_manifest(self) -> Optional[Dict[str, Any]]:
-        """The manifest with the journal applied (a torn last line, from a kill mid-append, is
-        ignored: its segment is simply rendered again)."""
-        try:
-            with open(self.manifest_path) as f:
-                m = json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise ResumeError(f"cannot read {self.manifest_path!r} ({exc}): delete the parts folder to start "
-                              "over") from None
-        if not isinstance(m, dict) or m.get("format") not in READABLE_FORMATS:
-            raise ResumeError(f"{self.manifest_path!r} is not a {MANIFEST_FORMAT} manifest: delete the parts folder "
-                              "or choose another output path")
-        segs = m.setdefault("segments", {})
-        try:
-            with open(self.journal_path) as f:
-                lines = f.read().split("\n")
-        except FileNotFoundError:
-            lines = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("add"), dict) and "index" in entry["add"]:
-                segs[str(entry["add"]["index"])] = entry["add"]
-            elif isinstance(entry, dict) and "drop" in entry:
-                segs.pop(str(entry["drop"]), None)
-        return m
-
-    def _append_journal(self, entry: Dict[str, Any]) -> None:
-        """One line, appended and fsync'd: O(1) per segment whatever the number of segments."""
-        line = json.dumps(entry, sort_keys=True) + "\n"
-        with self._locked():
-            new = not os.path.exists(self.journal_path)
-            fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                if os.fstat(fd).st_size and not self._ends_with_newline(fd):
-                    line = "\n" + line  # after a torn line: keep ours whole
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if new:
-                fsync_dir(self.parts_dir)
-
-    @staticmethod
-    def _ends_with_newline(fd: int) -> bool:
-        size = os.fstat(fd).st_size
-        return os.pread(fd, 1, size - 1) == b"\n"
-
-    def _mark_pending(self, indices: List[int]) -> None:
-        for i in indices:
-            self._append_journal({"drop": i})
-            self._done.pop(i, None)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Short exclusive lock on the parts folder (ranks share one manifest and journal)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: single process only
-            yield
-            return
-        with open(os.path.join(self.parts_dir, ".lock"), "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def recorded_backends(out_path) -> set:
-    """Encoder backends ('native', 'pyav', 'png') of the finished segments in `out_path`'s parts
-    folder (empty when there is none or it cannot be read): lets a resume with encoder 'auto'
-    continue with the encoder that wrote them, so that they join without encoding them again."""
-    parts = os.fspath(out_path).rstrip("/" + os.sep) + ".parts"
-    recs = []
-    try:
-        with open(os.path.join(parts, MANIFEST_NAME)) as f:
-            recs = list((json.load(f).get("segments") or {}).values())
-    except (OSError, ValueError, AttributeError):
-        return set()
-    try:
-        with open(os.path.join(parts, JOURNAL_NAME)) as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict) and isinstance(entry.get("add"), dict):
-                    recs.append(entry["add"])
-    except OSError:
-        pass
-    return {str(r.get("encoder", "")).split(" ")[0] for r in recs if isinstance(r, dict)} - {""}
 
 
 def _test_hook(event: str, index: int) -> None:

@@ -205,7 +205,7 @@ def test_manifest_is_append_only(tmp_path, monkeypatch, segments):
     parts = Path(w.parts_dir)
     header = (parts / "manifest.json").read_bytes()
     rewrites = []
-    monkeypatch.setattr(seg_mod, "write_json_atomic", lambda *a, **k: rewrites.append(a))
+    monkeypatch.setattr("engine.manifest.write_json_atomic", lambda *a, **k: rewrites.append(a))  # the manifest's writer
     for s in w.pending_segments()[:3]:
         w.write_segment(s.index, [frame])
     assert rewrites == [] and (parts / "manifest.json").read_bytes() == header
