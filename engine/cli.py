@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert an official .pkl (or torch state dict) to our safetensors format")
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
 
     p = sub.add_parser("info", help="architecture, parameter count, FLOPs per frame")
     _add_model_args(p)
@@ -100,9 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_convert(args) -> int:
-    from digan.checkpoint import convert
-    path = convert(args.input, args.output)
-    print(f"wrote {path}")
+    from .convert_cmd import run_convert
+    run_convert(args.input, args.output, quiet=getattr(args, "quiet", False))
     return 0
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -136,19 +136,38 @@ def save_training(path: PathLike, G: Any = None, D: Any = None, G_ema: Any = Non
     return _write(path, tensors, meta)
 
 
-def convert(in_path: PathLike, out_path: PathLike) -> Path:
+def convert(in_path: PathLike, out_path: PathLike,
+            progress: Optional[Callable[[str, int, int], None]] = None) -> Path:
     """Official .pkl, torch state dict or foreign safetensors -> our safetensors; returns out_path.
 
     The kind written is 'training' when the input holds more than one network (e.g. G, D and G_ema,
     so that `load_generator` picks G_ema), else 'generator' or 'discriminator'. Every network is
-    built and loaded strictly first, so a converted file always loads."""
+    built and loaded strictly first, so a converted file always loads.
+
+    `progress(step, n, total)`, when given, counts tensors: total = 2 x the input's tensors (each is
+    loaded into its network, then written); called with n = 0 once the input is parsed ('read'),
+    with each network's tensor count as it is loaded ('load G_ema') and with all of them once the
+    file is written ('write')."""
     in_path = _existing(in_path)
     if os.path.abspath(in_path) == os.path.abspath(os.fspath(out_path)):
         raise ValueError("convert: the output must be a different file from the input")
-    mods = {role: _build(in_path, net, "cpu") for role, net in _read_networks(in_path).items()}
+    report = progress or (lambda step, n, total: None)
+    nets = _read_networks(in_path)
+    # Strict loading (_build) makes each module's state dict the network's tensors, key for key, so
+    # the file written holds exactly these.
+    n_tensors = sum(len(net.state_dict) for net in nets.values())
+    total = 2 * n_tensors
+    report("read", 0, total)
+    mods = {}
+    for role, net in nets.items():
+        mods[role] = _build(in_path, net, "cpu")
+        report(f"load {role}", len(net.state_dict), total)
     gens = [r for r in ("G", "G_ema") if r in mods]
     if len(mods) > 1:
-        return save_training(out_path, G=mods.get("G"), D=mods.get("D"), G_ema=mods.get("G_ema"))
-    if gens:
-        return save_generator(mods[gens[0]], out_path)
-    return save_discriminator(mods["D"], out_path)
+        out = save_training(out_path, G=mods.get("G"), D=mods.get("D"), G_ema=mods.get("G_ema"))
+    elif gens:
+        out = save_generator(mods[gens[0]], out_path)
+    else:
+        out = save_discriminator(mods["D"], out_path)
+    report("write", n_tensors, total)
+    return out
