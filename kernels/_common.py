@@ -123,6 +123,13 @@ def check_tensor(t, name: str, *, ndim: Optional[int] = None, shape: Optional[Se
                          f"{tuple(t.stride())}")
 
 
+def tensor_device(t, name: str) -> torch.device:
+    """The device of tensor `t` (ValueError naming `name` when it is no tensor): what a dispatch
+    needs to pick the backend before the chosen path checks everything else."""
+    check_tensor(t, name)
+    return t.device
+
+
 def check_index(idx, name: str, length: int, bound: int, device: torch.device, check_values: bool) -> None:
     """`idx` must be (length,) int64 on `device`; with check_values, on CPU, also 0 <= idx < bound
     (not on CUDA, where it would cost a device sync, nor while torch.compile traces: indices

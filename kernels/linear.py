@@ -67,22 +67,27 @@ differ from each other only by the GEMMs' summation order.
 """
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F_
 
-from ._common import (FLOAT_DTYPES, GEMM_ALIGN_BYTES, MIN_GEMM_ROWS, cdiv, check_index,
-                      check_precision, check_tensor, gemm_precision_cast, load_triton_module,
-                      resolve_backend, round_up, tf32_round)
+from ._common import (
+    GEMM_ALIGN_BYTES,
+    MIN_GEMM_ROWS,
+    cdiv,
+    gemm_precision_cast,
+    load_triton_module,
+    resolve_backend,
+    round_up,
+    tensor_device,
+    tf32_round,
+)
+from ._linear_args import _INT32_MAX, SQRT2, FmmLinearArgs, _args, _check_fmm_linear, _Dims, check_args  # noqa: F401
 
 __all__ = ["fmm_linear", "fmm_linear_reference", "fmm_linear_torch", "fmm_linear_triton",
            "nearest_index", "SQRT2"]
 
-SQRT2 = math.sqrt(2.0)
-_OUT_DTYPES = (torch.float32, torch.bfloat16, torch.uint8)   # uint8 = the colour conversion
-_INT32_MAX = 2**31 - 1
 # Torch path: rows per GEMM chunk, so that a chunk's operand rows and fp32 result (the epilogue
 # passes over it) stay in cache; CPU GEMM speed is flat from a few hundred rows. Any value gives
 # the same bits (rows are independent past MIN_GEMM_ROWS).
@@ -91,122 +96,6 @@ _TORCH_MIN_CHUNK_ROWS = 256
 _TORCH_MAX_CHUNK_ROWS = 8192
 # Torch path with the embedding: bytes of per-frame folded weights (frames x N x Kp) held at once.
 _TORCH_FOLD_BYTES = 8 << 20
-
-
-class _Dims(NamedTuple):
-    M: int          # output rows
-    N: int          # output channels
-    KX: int         # x channels (0: no x)
-    E: int          # embedding frequencies (0: no embedding)
-    F: int          # frames of the embedding tile (1 without embedding)
-    TH: int         # tile rows (1 without embedding)
-    TW: int         # tile columns (1 without embedding)
-    out_dtype: torch.dtype
-
-
-# ---- checks -------------------------------------------------------------------------------------
-
-def _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                      gain, clamp, post_add, post_index, out_dtype, precision,
-                      check_values: bool = True) -> _Dims:
-    """Every host check of fmm_linear (shapes, dtypes, devices, strides, index ranges on CPU).
-    `out_dtype` is resolved: fp32, bf16, or uint8 for the colour conversion."""
-    check_precision(precision)
-    check_tensor(weight, "weight", ndim=2, dtypes=FLOAT_DTYPES, inner_contiguous=True)
-    dev = weight.device
-    N = weight.shape[0]
-    if N < 1:
-        raise ValueError("weight has no rows (N = 0)")
-    M = None
-    KX = 0
-    if x is not None:
-        check_tensor(x, "x", ndim=2, dtypes=FLOAT_DTYPES, device=dev, inner_contiguous=True)
-        KX = x.shape[1]
-        if KX < 1:
-            raise ValueError("x has no columns; pass x=None instead")
-    elif x_index is not None:
-        raise ValueError("x_index given without x")
-
-    emb = {"emb_A": emb_A, "emb_b": emb_b, "xs": xs, "ys": ys}
-    given = [k for k, v in emb.items() if v is not None]
-    E, F, TH, TW = 0, 1, 1, 1
-    if given:
-        if len(given) != 4:
-            raise ValueError(f"the embedding needs all of emb_A, emb_b, xs, ys; got only {given}")
-        check_tensor(emb_A, "emb_A", ndim=2, shape=(None, 2), dtypes=(torch.float32,), device=dev)
-        E = emb_A.shape[0]
-        if E < 1:
-            raise ValueError("emb_A has no rows (E = 0)")
-        check_tensor(emb_b, "emb_b", ndim=2, shape=(None, E), dtypes=(torch.float32,), device=dev)
-        check_tensor(xs, "xs", ndim=1, dtypes=(torch.float32,), device=dev)
-        check_tensor(ys, "ys", ndim=1, dtypes=(torch.float32,), device=dev)
-        F, TH, TW = emb_b.shape[0], ys.shape[0], xs.shape[0]
-        M = F * TH * TW
-
-    if x is not None:
-        rows = x.shape[0]
-        if x_index is not None:
-            check_tensor(x_index, "x_index", ndim=1)
-            rows = x_index.shape[0]
-            check_index(x_index, "x_index", rows, x.shape[0], dev, check_values)
-        if M is not None and rows != M:
-            raise ValueError(f"x gives {rows} rows but the embedding tile has F*h*w = "
-                             f"{F}*{TH}*{TW} = {M} rows")
-        M = rows
-
-    if weight.shape[1] != KX + 2 * E:
-        raise ValueError(f"weight must have Kx + 2E = {KX} + 2*{E} = {KX + 2 * E} columns "
-                         f"([W_x | W_sin | W_cos]), got {weight.shape[1]}")
-    if pre_index is not None and pre_add is None:
-        raise ValueError("pre_index given without pre_add")
-    if post_index is not None and post_add is None:
-        raise ValueError("post_index given without post_add")
-    if M is None:
-        if pre_add is None:
-            raise ValueError("fmm_linear needs at least one of x, the embedding, pre_add")
-        if pre_index is not None:
-            check_tensor(pre_index, "pre_index", ndim=1)
-        M = pre_add.shape[0] if pre_index is None else pre_index.shape[0]
-
-    for name, add, idx in (("pre_add", pre_add, pre_index), ("post_add", post_add, post_index)):
-        if add is None:
-            continue
-        check_tensor(add, name, ndim=2, shape=(None, N), dtypes=FLOAT_DTYPES, device=dev,
-                     inner_contiguous=True)
-        if idx is None:
-            if add.shape[0] != M:
-                raise ValueError(f"{name} has {add.shape[0]} rows, expected M = {M} (or pass an index)")
-        else:
-            check_index(idx, name.replace("add", "index"), M, add.shape[0], dev, check_values)
-    if bias is not None:
-        check_tensor(bias, "bias", shape=(N,), dtypes=FLOAT_DTYPES, device=dev)
-    if not isinstance(act, bool):
-        raise ValueError(f"act must be a bool, got {act!r}")
-    if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not math.isfinite(gain):
-        raise ValueError(f"gain must be a finite number, got {gain!r}")
-    if clamp is not None and (not isinstance(clamp, (int, float)) or isinstance(clamp, bool)
-                              or not clamp >= 0 or not math.isfinite(clamp)):
-        raise ValueError(f"clamp must be None or a finite number >= 0, got {clamp!r}")
-    if out_dtype not in _OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
-    if M > _INT32_MAX or max(N, KX + 2 * E) > _INT32_MAX:
-        raise ValueError(f"M = {M}, N = {N}, K = {KX + 2 * E} must each stay below 2^31")
-    return _Dims(M, N, KX, E, F, TH, TW, out_dtype)
-
-
-def _resolve_out_dtype(out_dtype, out_uint8, precision) -> torch.dtype:
-    if not isinstance(out_uint8, bool):
-        raise ValueError(f"out_uint8 must be a bool, got {out_uint8!r}")
-    if out_uint8:
-        if out_dtype not in (None, torch.uint8):
-            raise ValueError(f"out_uint8=True stores uint8; got out_dtype={out_dtype}")
-        return torch.uint8
-    if out_dtype is None:
-        return torch.bfloat16 if precision == "bf16" else torch.float32
-    if out_dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"out_dtype must be torch.float32 or torch.bfloat16 (or use out_uint8), "
-                         f"got {out_dtype}")
-    return out_dtype
 
 
 # ---- shared pieces of the torch paths -----------------------------------------------------------
@@ -235,9 +124,16 @@ def _row_chunks(d: "_Dims", rows_per_chunk: int):
             yield c0, c0 + (i1 - i0) * d.TW, f, f + 1, i0, i1
 
 
-def _epilogue_(y: torch.Tensor, rows: slice, pre_add, pre_index, bias, act, gain, clamp,
-               post_add, post_index, uint8: bool) -> torch.Tensor:
+def rows_per_chunk(row_bytes: int) -> int:
+    """Rows per chunk of the torch paths (forward and backward) for `row_bytes` per row."""
+    return min(_TORCH_MAX_CHUNK_ROWS,
+               max(_TORCH_MIN_CHUNK_ROWS, _TORCH_CHUNK_BYTES // row_bytes // 64 * 64))
+
+
+def _epilogue_(y: torch.Tensor, rows: slice, a: FmmLinearArgs) -> torch.Tensor:
     """In place on fp32 `y` (m, N) for output rows `rows`; the same op order as the kernel."""
+    pre_add, pre_index, post_add, post_index = a.pre_add, a.pre_index, a.post_add, a.post_index
+    bias, act, gain, clamp = a.bias, a.act, a.gain, a.clamp
     if pre_add is not None:
         y += pre_add[rows] if pre_index is None else pre_add.index_select(0, pre_index[rows])
     if bias is not None:
@@ -249,7 +145,7 @@ def _epilogue_(y: torch.Tensor, rows: slice, pre_add, pre_index, bias, act, gain
         y.clamp_(-clamp, clamp)
     if post_add is not None:
         y += post_add[rows] if post_index is None else post_add.index_select(0, post_index[rows])
-    if uint8:
+    if a.out_dtype == torch.uint8:
         y += 1.0
         y *= 127.5
         y.clamp_(0.0, 255.0)
@@ -310,17 +206,15 @@ def fold_frame_weights(w_emb: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
 
 # ---- torch reference ----------------------------------------------------------------------------
 
-def fmm_linear_reference(weight, x=None, *, x_index=None, emb_A=None, emb_b=None, xs=None, ys=None,
-                         pre_add=None, pre_index=None, bias=None, act=False, gain=SQRT2, clamp=None,
-                         post_add=None, post_index=None, out_dtype=None, out_uint8=False,
-                         precision="fp32") -> torch.Tensor:
-    """Plain, unfused torch statement of the op (materialises x[x_index] and the embedding).
-    The embedding is sin/cos of the phase A0*x + A1*y + b evaluated in fp64 (exact products,
-    no trig-free rewriting), rounded once to fp32. Operands rounded to `precision`, then one fp32
-    GEMM: exact products, fp32 accumulation."""
-    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
-    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                          gain, clamp, post_add, post_index, out_dtype, precision)
+def fmm_linear_reference(weight, x=None, **kw) -> torch.Tensor:
+    """Plain, unfused torch statement of the op (materialises x[x_index] and the embedding); the
+    arguments of fmm_linear but `backend`. The embedding is sin/cos of the phase A0*x + A1*y + b
+    evaluated in fp64 (exact products, no trig-free rewriting), rounded once to fp32. Operands
+    rounded to `precision`, then one fp32 GEMM: exact products, fp32 accumulation."""
+    args = _args(weight, x, **kw)
+    d = check_args(args)
+    x, x_index, emb_A, emb_b, xs, ys, precision = (args.x, args.x_index, args.emb_A, args.emb_b,
+                                                   args.xs, args.ys, args.precision)
     parts = []
     if x is not None:
         parts.append((x if x_index is None else x[x_index]).float())
@@ -335,29 +229,23 @@ def fmm_linear_reference(weight, x=None, *, x_index=None, emb_A=None, emb_b=None
         y = a @ gemm_precision_cast(weight, precision).t()
     else:
         y = torch.zeros((d.M, d.N), dtype=torch.float32, device=weight.device)
-    y = _epilogue_(y, slice(None), pre_add, pre_index, bias, act, gain, clamp, post_add, post_index,
-                   out_dtype == torch.uint8)
-    return y.to(out_dtype)
+    return _epilogue_(y, slice(None), args).to(args.out_dtype)
 
 
 # ---- torch fast path (the CPU product path) -----------------------------------------------------
 
-def fmm_linear_torch(weight, x=None, *, x_index=None, emb_A=None, emb_b=None, xs=None, ys=None,
-                     pre_add=None, pre_index=None, bias=None, act=False, gain=SQRT2, clamp=None,
-                     post_add=None, post_index=None, out_dtype=None, out_uint8=False,
-                     precision="fp32") -> torch.Tensor:
-    """Chunked torch implementation: per chunk of rows, one GEMM over [x[x_index] | sin | cos]
-    written into one aligned, zero-padded buffer, then the fp32 epilogue in place."""
-    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
-    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                          gain, clamp, post_add, post_index, out_dtype, precision)
-    return _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
-                             act, float(gain), None if clamp is None else float(clamp), post_add,
-                             post_index, precision, d)
+def fmm_linear_torch(weight, x=None, **kw) -> torch.Tensor:
+    """Chunked torch implementation (the arguments of fmm_linear but `backend`): per chunk of rows,
+    one GEMM over [x[x_index] | sin | cos] written into one aligned, zero-padded buffer, then the
+    fp32 epilogue in place."""
+    args = _args(weight, x, **kw)
+    return _fmm_linear_torch(args, check_args(args))
 
 
-def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                      gain, clamp, post_add, post_index, precision, d: _Dims) -> torch.Tensor:
+def _fmm_linear_torch(args: FmmLinearArgs, d: _Dims) -> torch.Tensor:
+    """The torch path on checked arguments (`d` = check_args(args))."""
+    weight, x, x_index, emb_A, emb_b, xs, ys, precision = (args.weight, args.x, args.x_index, args.emb_A,
+                                                           args.emb_b, args.xs, args.ys, args.precision)
     dev = weight.device
     M, N, KX, E = d.M, d.N, d.KX, d.E
     out = torch.empty((M, N), dtype=d.out_dtype, device=dev)
@@ -367,10 +255,7 @@ def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_ind
     cdt = torch.bfloat16 if precision == "bf16" else torch.float32
     esize = torch.finfo(cdt).bits // 8
     Kp = round_up(max(K, 1), GEMM_ALIGN_BYTES // esize)          # 64-byte rows
-    row_bytes = Kp * esize + N * 4
-    rows_per_chunk = min(_TORCH_MAX_CHUNK_ROWS,
-                         max(_TORCH_MIN_CHUNK_ROWS, _TORCH_CHUNK_BYTES // row_bytes // 64 * 64))
-    uint8 = d.out_dtype == torch.uint8
+    chunk_rows = rows_per_chunk(Kp * esize + N * 4)
     # The GEMM writes straight into `out` when nothing is left to cast.
     gemm_into_out = cdt == torch.float32 and d.out_dtype == torch.float32
 
@@ -383,7 +268,7 @@ def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_ind
             if y.dtype != torch.float32:
                 y = y.float()
         # 3. Epilogue in place, fp32; cast once into `out`.
-        _epilogue_(y, rows, pre_add, pre_index, bias, act, gain, clamp, post_add, post_index, uint8)
+        _epilogue_(y, rows, args)
         if y.data_ptr() != out[rows].data_ptr():
             out[rows].copy_(y)
 
@@ -392,12 +277,10 @@ def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_ind
         return tf32_round(src.float()) if precision == "tf32" else src
 
     if not K:                                                    # epilogue only
-        for c0 in range(0, M, rows_per_chunk):
-            rows = slice(c0, min(M, c0 + rows_per_chunk))
+        for c0 in range(0, M, chunk_rows):
+            rows = slice(c0, min(M, c0 + chunk_rows))
             y = torch.zeros((rows.stop - c0, N), dtype=torch.float32, device=dev)
-            _epilogue_(y, rows, pre_add, pre_index, bias, act, gain, clamp, post_add, post_index,
-                       uint8)
-            out[rows].copy_(y)
+            out[rows].copy_(_epilogue_(y, rows, args))
         return out
 
     if not E:
@@ -409,7 +292,7 @@ def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_ind
         direct = (x_index is None and x.dtype == cdt and precision != "tf32" and KX == Kp
                   and (x.stride(0) * esize) % GEMM_ALIGN_BYTES == 0
                   and x.data_ptr() % GEMM_ALIGN_BYTES == 0)
-        chunks = [(c0, min(M, c0 + rows_per_chunk)) for c0 in range(0, M, rows_per_chunk)]
+        chunks = [(c0, min(M, c0 + chunk_rows)) for c0 in range(0, M, chunk_rows)]
         if not direct or min(c1 - c0 for c0, c1 in chunks) < MIN_GEMM_ROWS:
             buf = torch.empty((max(MIN_GEMM_ROWS, max(c1 - c0 for c0, c1 in chunks)), Kp),
                               dtype=cdt, device=dev)
@@ -434,7 +317,7 @@ def _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_ind
     # once per group, or once per call when one block holds the tile), frames (one GEMM each).
     TH, TW, F = d.TH, d.TW, d.F
     hw = TH * TW
-    step = TH if hw <= rows_per_chunk else max(1, rows_per_chunk // TW)
+    step = TH if hw <= chunk_rows else max(1, chunk_rows // TW)
     blocks = [(i0, min(TH, i0 + step)) for i0 in range(0, TH, step)]
     max_rows = min(TH, step) * TW
     buf = torch.empty((max(MIN_GEMM_ROWS, max_rows), Kp), dtype=cdt, device=dev)
@@ -499,23 +382,20 @@ def _triton_config(KX: int, E: int, N: int, precision: str) -> dict:
     return dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps, num_stages=3)
 
 
-def fmm_linear_triton(weight, x=None, *, x_index=None, emb_A=None, emb_b=None, xs=None, ys=None,
-                      pre_add=None, pre_index=None, bias=None, act=False, gain=SQRT2, clamp=None,
-                      post_add=None, post_index=None, out_dtype=None, out_uint8=False,
-                      precision="fp32") -> torch.Tensor:
-    """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1): one fused kernel."""
-    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
-    return _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
-                              act, float(gain), None if clamp is None else float(clamp), post_add,
-                              post_index, out_dtype, precision)
+def fmm_linear_triton(weight, x=None, **kw) -> torch.Tensor:
+    """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1): one fused kernel.
+    The arguments of fmm_linear but `backend`."""
+    return _fmm_linear_triton(_args(weight, x, **kw))
 
 
-def _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                       gain, clamp, post_add, post_index, out_dtype, precision) -> torch.Tensor:
-    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                          gain, clamp, post_add, post_index, out_dtype, precision)
+def _fmm_linear_triton(a: FmmLinearArgs) -> torch.Tensor:
+    """Check (the Triton path's only check) and launch."""
+    d = check_args(a)
+    weight, x, x_index, pre_add, pre_index, bias, post_add, post_index, clamp, precision = (
+        a.weight, a.x, a.x_index, a.pre_add, a.pre_index, a.bias, a.post_add, a.post_index,
+        a.clamp, a.precision)
     resolve_backend("triton", weight.device)
-    out = torch.empty((d.M, d.N), dtype=out_dtype, device=weight.device)
+    out = torch.empty((d.M, d.N), dtype=d.out_dtype, device=weight.device)
     if d.M == 0:
         return out
     cfg = _triton_config(d.KX, d.E, d.N, precision)
@@ -529,7 +409,7 @@ def _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_in
     if d.E:
         # The tables and the folded weights: tiny torch ops once per call, outside the kernel
         # (the same values the torch path uses).
-        tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b)             # (w, 2E), (h, 2E), (F, 2E)
+        tx, ty, tb = emb_tables(a.emb_A, a.xs, a.ys, a.emb_b)     # (w, 2E), (h, 2E), (F, 2E)
         wf = fold_frame_weights(weight[:, d.KX:].float(), tb)     # (F, N, 2E) contiguous
         if precision == "bf16":
             # Rounded once here as the kernel's dot would (nearest even; same bits), so the
@@ -558,16 +438,16 @@ def _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_in
         pre_add.stride(0) if pre_add is not None else 0,
         post_add.stride(0) if post_add is not None else 0,
         out.stride(0),
-        gain, 0.0 if clamp is None else clamp,
+        a.gain, 0.0 if clamp is None else clamp,
         HAS_X=x is not None, HAS_X_INDEX=x_index is not None, HAS_EMB=d.E > 0,
         HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
-        HAS_BIAS=bias is not None, ACT=act, HAS_CLAMP=clamp is not None,
+        HAS_BIAS=bias is not None, ACT=a.act, HAS_CLAMP=clamp is not None,
         HAS_POST=post_add is not None, HAS_POST_INDEX=post_index is not None,
-        OUT_UINT8=out_dtype == torch.uint8,
+        OUT_UINT8=d.out_dtype == torch.uint8,
         DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
         BF16_OPERANDS=precision == "bf16",
         INTERPRETER=mod.INTERPRETED,
-        ROUND_BF16_STORE=mod.INTERPRETED and out_dtype == torch.bfloat16,
+        ROUND_BF16_STORE=mod.INTERPRETED and d.out_dtype == torch.bfloat16,
         enable_fp_fusion=False,
         **cfg,
     )
@@ -582,16 +462,16 @@ def _fmm_linear_op(weight: torch.Tensor, x: Optional[torch.Tensor], x_index: Opt
                    bias: Optional[torch.Tensor], act: bool, gain: float, clamp: Optional[float],
                    post_add: Optional[torch.Tensor], post_index: Optional[torch.Tensor],
                    out_dtype: torch.dtype, precision: str) -> torch.Tensor:
-    return _fmm_linear_triton(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
-                              act, gain, clamp, post_add, post_index, out_dtype, precision)
+    # The slots of FmmLinearArgs (the schema needs them spelled out).
+    return _fmm_linear_triton(FmmLinearArgs(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add,
+                                            pre_index, bias, act, gain, clamp, post_add,
+                                            post_index, out_dtype, precision))
 
 
 @_fmm_linear_op.register_fake
-def _fmm_linear_fake(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                     gain, clamp, post_add, post_index, out_dtype, precision):
-    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                          gain, clamp, post_add, post_index, out_dtype, precision, check_values=False)
-    return weight.new_empty((d.M, d.N), dtype=out_dtype)
+def _fmm_linear_fake(*args):
+    d = check_args(FmmLinearArgs(*args), check_values=False)
+    return args[0].new_empty((d.M, d.N), dtype=d.out_dtype)
 
 
 # ---- dispatch -----------------------------------------------------------------------------------
@@ -613,17 +493,18 @@ def fmm_linear(weight: torch.Tensor, x: Optional[torch.Tensor] = None, *,
     pre_index (M,); bias (N,); post_add (Mq, N) with post_index (M,). Returns (M, N) in out_dtype
     (default fp32, bf16 for precision='bf16'), or uint8 colour with out_uint8=True.
     backend: 'auto' (Triton for CUDA tensors when available, else torch), 'triton', 'torch'."""
-    out_dtype = _resolve_out_dtype(out_dtype, out_uint8, precision)
-    d = _check_fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act,
-                          gain, clamp, post_add, post_index, out_dtype, precision)
-    gain = float(gain)
-    clamp = None if clamp is None else float(clamp)
-    if resolve_backend(backend, weight.device) == "triton":
-        return torch.ops.digan.fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add,
-                                          pre_index, bias, act, gain, clamp, post_add, post_index,
-                                          out_dtype, precision)
-    return _fmm_linear_torch(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias,
-                             act, gain, clamp, post_add, post_index, precision, d)
+    return fmm_linear_args(_args(weight, x, x_index=x_index, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys,
+                                 pre_add=pre_add, pre_index=pre_index, bias=bias, act=act,
+                                 gain=gain, clamp=clamp, post_add=post_add, post_index=post_index,
+                                 out_dtype=out_dtype, out_uint8=out_uint8, precision=precision),
+                           backend)
+
+
+def fmm_linear_args(a: FmmLinearArgs, backend: str = "auto") -> torch.Tensor:
+    """fmm_linear on an FmmLinearArgs: checked once, by the custom op (Triton) or here (torch)."""
+    if resolve_backend(backend, tensor_device(a.weight, "weight")) == "triton":
+        return torch.ops.digan.fmm_linear(*a)
+    return _fmm_linear_torch(a, check_args(a))
 
 
 # ---- index helper -------------------------------------------------------------------------------

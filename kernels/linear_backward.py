@@ -39,26 +39,34 @@ same call gives the same bits every time. The two backends differ from each othe
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F_
 
-from ._common import (FLOAT_DTYPES, cdiv, check_index, check_precision,
-                      check_tensor, gemm_precision_cast, load_triton_module, resolve_backend,
-                      round_up)
-from .linear import SQRT2, _Dims, _row_chunks, emb_tables, fmm_linear, trig_operand_
+from ._common import cdiv, gemm_precision_cast, load_triton_module, resolve_backend, round_up, tensor_device
+from ._linear_args import (
+    GRAD_NAMES,
+    SQRT2,
+    FmmLinearArgs,
+    FmmLinearBwdArgs,
+    _args,
+    _bwd_args,
+    _check_backward,
+    _Dims,
+    _from_op,
+    _needs,
+    _to_op,
+)
+from .linear import _row_chunks, emb_tables, fmm_linear_args, rows_per_chunk, trig_operand_
 
 __all__ = ["FmmLinearGrads", "GRAD_NAMES", "fmm_linear_backward", "fmm_linear_backward_torch",
            "fmm_linear_backward_triton", "fmm_linear_backward_reference",
            "fmm_linear_reference_autograd", "fmm_linear_autograd", "FmmLinearFunction",
            "scatter_rows"]
 
-GRAD_NAMES = ("weight", "x", "emb_A", "emb_b", "pre_add", "bias", "post_add")
-_TORCH_CHUNK_BYTES = 4 << 20         # rows per chunk of the torch path, as in the forward
-_TORCH_MIN_CHUNK_ROWS = 256
-_TORCH_MAX_CHUNK_ROWS = 8192
+# The slot of each differentiable input in FmmLinearArgs (and in digan::fmm_linear's schema).
+_GRAD_SLOTS = tuple(FmmLinearArgs._fields.index(k) for k in GRAD_NAMES)
 # Triton dW: rows per split of the reduction over M (more programs for long tiles; the partial
 # sums are added in a fixed order, so a given M always gives the same bits).
 _DW_SPLIT_ROWS = 4096
@@ -74,87 +82,6 @@ class FmmLinearGrads(NamedTuple):
     pre_add: Optional[torch.Tensor]  # (MP, N) fp32
     bias: Optional[torch.Tensor]     # (N,) fp32
     post_add: Optional[torch.Tensor]  # (MQ, N) fp32
-
-
-# ---- checks -------------------------------------------------------------------------------------
-
-def _check_backward(grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys, pre_rows, pre_index,
-                    has_bias, act, gain, clamp, post_rows, post_index, precision,
-                    check_values: bool = True) -> _Dims:
-    """Host checks of fmm_linear_backward; returns the forward's dims (out_dtype fp32)."""
-    check_precision(precision)
-    check_tensor(weight, "weight", ndim=2, dtypes=FLOAT_DTYPES, inner_contiguous=True)
-    dev = weight.device
-    check_tensor(grad_out, "grad_out", ndim=2, shape=(None, weight.shape[0]), dtypes=FLOAT_DTYPES,
-                 device=dev)
-    M, N = grad_out.shape
-    KX = 0
-    if x is not None:
-        check_tensor(x, "x", ndim=2, dtypes=FLOAT_DTYPES, device=dev, inner_contiguous=True)
-        KX = x.shape[1]
-        rows = M if x_index is not None else x.shape[0]
-        if x_index is not None:
-            check_index(x_index, "x_index", M, x.shape[0], dev, check_values)
-        if rows != M:
-            raise ValueError(f"x has {x.shape[0]} rows but grad_out has {M}")
-    elif x_index is not None:
-        raise ValueError("x_index given without x")
-    emb = {"emb_A": emb_A, "emb_b": emb_b, "xs": xs, "ys": ys}
-    given = [k for k, v in emb.items() if v is not None]
-    E, F, TH, TW = 0, 1, 1, 1
-    if given:
-        if len(given) != 4:
-            raise ValueError(f"the embedding needs all of emb_A, emb_b, xs, ys; got only {given}")
-        check_tensor(emb_A, "emb_A", ndim=2, shape=(None, 2), dtypes=(torch.float32,), device=dev)
-        E = emb_A.shape[0]
-        check_tensor(emb_b, "emb_b", ndim=2, shape=(None, E), dtypes=(torch.float32,), device=dev)
-        check_tensor(xs, "xs", ndim=1, dtypes=(torch.float32,), device=dev)
-        check_tensor(ys, "ys", ndim=1, dtypes=(torch.float32,), device=dev)
-        F, TH, TW = emb_b.shape[0], ys.shape[0], xs.shape[0]
-        if F * TH * TW != M:
-            raise ValueError(f"grad_out has {M} rows but the embedding tile has F*h*w = "
-                             f"{F}*{TH}*{TW} = {F * TH * TW}")
-    if weight.shape[1] != KX + 2 * E:
-        raise ValueError(f"weight must have Kx + 2E = {KX + 2 * E} columns, got {weight.shape[1]}")
-    for name, rows, idx in (("pre", pre_rows, pre_index), ("post", post_rows, post_index)):
-        if rows is None:
-            if idx is not None:
-                raise ValueError(f"{name}_index given without {name}_rows")
-            continue
-        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-            raise ValueError(f"{name}_rows must be a non-negative int, got {rows!r}")
-        if idx is None:
-            if rows != M:
-                raise ValueError(f"{name}_rows = {rows} without {name}_index must equal M = {M}")
-        else:
-            check_index(idx, f"{name}_index", M, rows, dev, check_values)
-    if not isinstance(act, bool) or not isinstance(has_bias, bool):
-        raise ValueError("act and has_bias must be bools")
-    if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not gain > 0 \
-            or not math.isfinite(gain):
-        raise ValueError(f"gain must be a finite number > 0 (the backward reads the sign of the "
-                         f"output), got {gain!r}")
-    if clamp is not None and (not isinstance(clamp, (int, float)) or isinstance(clamp, bool)
-                              or not clamp >= 0 or not math.isfinite(clamp)):
-        raise ValueError(f"clamp must be None or a finite number >= 0, got {clamp!r}")
-    if act or clamp is not None:
-        if out is None:
-            raise ValueError("act or clamp needs `out`, the forward's output before post_add")
-        check_tensor(out, "out", shape=(M, N), dtypes=FLOAT_DTYPES, device=dev)
-    return _Dims(M, N, KX, E, F, TH, TW, torch.float32)
-
-
-def _needs(needs: Optional[Iterable[str]], x, E, pre_rows, has_bias, post_rows) -> dict:
-    """Which gradients to compute: the asked ones among those whose input exists."""
-    have = {"weight": True, "x": x is not None, "emb_A": E > 0, "emb_b": E > 0,
-            "pre_add": pre_rows is not None, "bias": has_bias, "post_add": post_rows is not None}
-    if needs is None:
-        return have
-    needs = set(needs)
-    unknown = needs - set(GRAD_NAMES)
-    if unknown:
-        raise ValueError(f"unknown gradient names {sorted(unknown)}; choose from {GRAD_NAMES}")
-    return {k: have[k] and k in needs for k in GRAD_NAMES}
 
 
 # ---- scatter-add by index -----------------------------------------------------------------------
@@ -268,22 +195,18 @@ def _q(t, precision):
     return gemm_precision_cast(t, precision)
 
 
-def fmm_linear_backward_torch(grad_out, weight, x=None, *, out=None, x_index=None, emb_A=None,
-                              emb_b=None, xs=None, ys=None, pre_rows=None, pre_index=None,
-                              has_bias=False, act=False, gain=SQRT2, clamp=None, post_rows=None,
-                              post_index=None, needs=None, precision="fp32") -> FmmLinearGrads:
-    """Torch backward (any device; the CPU product path): dense GEMMs over chunks of rows."""
-    d = _check_backward(grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys, pre_rows,
-                        pre_index, has_bias, act, gain, clamp, post_rows, post_index, precision)
-    need = _needs(needs, x, d.E, pre_rows, has_bias, post_rows)
-    return _backward_torch(grad_out, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
-                           pre_index, act, float(gain), None if clamp is None else float(clamp),
-                           post_rows, post_index, need, precision, d)
+def fmm_linear_backward_torch(grad_out, weight, x=None, **kw) -> FmmLinearGrads:
+    """Torch backward (any device; the CPU product path): dense GEMMs over chunks of rows. The
+    arguments of fmm_linear_backward but `backend`."""
+    a = _bwd_args(grad_out, weight, x, **kw)
+    return _backward_torch(a, _check_backward(a), _needs(a))
 
 
-def _backward_torch(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows, pre_index, act,
-                    gain, clamp, post_rows, post_index, need, precision, d: _Dims) -> FmmLinearGrads:
+def _backward_torch(a: FmmLinearBwdArgs, d: _Dims, need: dict) -> FmmLinearGrads:
     """Unchecked torch backward. Dtype-generic: fp64 inputs are computed in fp64 (gradcheck)."""
+    g, weight, x, out, x_index, emb_A, emb_b, xs, ys = a[:9]
+    pre_rows, pre_index, act, gain, clamp, post_rows, post_index, precision = (
+        a.pre_rows, a.pre_index, a.act, a.gain, a.clamp, a.post_rows, a.post_index, a.precision)
     dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
     dev = weight.device
     M, N, KX, E = d.M, d.N, d.KX, d.E
@@ -329,11 +252,7 @@ def _backward_torch(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows, 
         # The forward's trig-free tables (kernels/linear.py): (w, 2E), (h, 2E), (F, 2E).
         tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b, dtype=dt)
         sb, cb = tb[:, None, :E], tb[:, None, E:]                           # (F, 1, E)
-        esize = torch.finfo(dt).bits // 8
-        row_bytes = (K + N) * esize
-        rows_per_chunk = min(_TORCH_MAX_CHUNK_ROWS,
-                             max(_TORCH_MIN_CHUNK_ROWS, _TORCH_CHUNK_BYTES // row_bytes // 64 * 64))
-        chunks = list(_row_chunks(d, rows_per_chunk))
+        chunks = list(_row_chunks(d, rows_per_chunk((K + N) * (torch.finfo(dt).bits // 8))))
         buf = torch.empty((max(c[1] - c[0] for c in chunks), K), dtype=dt, device=dev)
         for c0, c1, f0, f1, i0, i1 in chunks:
             m, nf, nh = c1 - c0, f1 - f0, i1 - i0
@@ -411,21 +330,18 @@ def _triton_bwd_config(KX: int, E: int, N: int, M: int, precision: str) -> dict:
         split=cdiv(max(M, 1), rows_per_split), rows_per_split=rows_per_split)
 
 
-def fmm_linear_backward_triton(grad_out, weight, x=None, *, out=None, x_index=None, emb_A=None,
-                               emb_b=None, xs=None, ys=None, pre_rows=None, pre_index=None,
-                               has_bias=False, act=False, gain=SQRT2, clamp=None, post_rows=None,
-                               post_index=None, needs=None, precision="fp32") -> FmmLinearGrads:
-    """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
-    d = _check_backward(grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys, pre_rows,
-                        pre_index, has_bias, act, gain, clamp, post_rows, post_index, precision)
-    need = _needs(needs, x, d.E, pre_rows, has_bias, post_rows)
-    return _backward_triton(grad_out, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
-                            pre_index, act, float(gain), None if clamp is None else float(clamp),
-                            post_rows, post_index, need, precision, d)
+def fmm_linear_backward_triton(grad_out, weight, x=None, **kw) -> FmmLinearGrads:
+    """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1). The arguments of
+    fmm_linear_backward but `backend`."""
+    return _backward_triton(_bwd_args(grad_out, weight, x, **kw))
 
 
-def _backward_triton(g, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows, pre_index, act,
-                     gain, clamp, post_rows, post_index, need, precision, d: _Dims) -> FmmLinearGrads:
+def _backward_triton(a: FmmLinearBwdArgs) -> FmmLinearGrads:
+    """Check (the Triton path's only check) and launch."""
+    d, need = _check_backward(a), _needs(a)
+    g, weight, x, out, x_index, emb_A, emb_b, xs, ys = a[:9]
+    pre_rows, pre_index, act, gain, clamp, post_rows, post_index, precision = (
+        a.pre_rows, a.pre_index, a.act, a.gain, a.clamp, a.post_rows, a.post_index, a.precision)
     resolve_backend("triton", weight.device)
     mod = load_triton_module("_linear_backward_triton")
     dev = weight.device
@@ -538,29 +454,20 @@ def _fmm_linear_backward_op(grad_out: torch.Tensor, weight: torch.Tensor, x: Opt
                             precision: str) -> List[torch.Tensor]:
     """The Triton backward as a custom op: 7 gradients in GRAD_NAMES order, an empty (0,) tensor
     for each one not computed. pre_rows / post_rows = -1: no pre_add / post_add."""
-    grads = fmm_linear_backward_triton(
-        grad_out, weight, x, out=out, x_index=x_index, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys,
-        pre_rows=None if pre_rows < 0 else pre_rows, pre_index=pre_index, has_bias=has_bias,
-        act=act, gain=gain, clamp=clamp, post_rows=None if post_rows < 0 else post_rows,
-        post_index=post_index, needs=[k for k, n in zip(GRAD_NAMES, needs) if n],
-        precision=precision)
+    grads = _backward_triton(_from_op((grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys,
+                                       pre_rows, pre_index, has_bias, act, gain, clamp, post_rows,
+                                       post_index, needs, precision)))
     return [grad_out.new_empty(_EMPTY, dtype=torch.float32) if t is None else t for t in grads]
 
 
 @_fmm_linear_backward_op.register_fake
-def _fmm_linear_backward_fake(grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys, pre_rows,
-                              pre_index, has_bias, act, gain, clamp, post_rows, post_index, needs,
-                              precision):
-    d = _check_backward(grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys,
-                        None if pre_rows < 0 else pre_rows, pre_index, has_bias, act, gain, clamp,
-                        None if post_rows < 0 else post_rows, post_index, precision,
-                        check_values=False)
-    need = _needs([k for k, n in zip(GRAD_NAMES, needs) if n], x, d.E,
-                  None if pre_rows < 0 else pre_rows, has_bias, None if post_rows < 0 else post_rows)
-    shapes = {"weight": (d.N, d.KX + 2 * d.E), "x": None if x is None else tuple(x.shape),
-              "emb_A": (d.E, 2), "emb_b": (d.F, d.E), "pre_add": (pre_rows, d.N), "bias": (d.N,),
-              "post_add": (post_rows, d.N)}
-    return [grad_out.new_empty(shapes[k] if need[k] else _EMPTY, dtype=torch.float32)
+def _fmm_linear_backward_fake(*args):
+    a = _from_op(args)
+    d, need = _check_backward(a, check_values=False), _needs(a)
+    shapes = {"weight": (d.N, d.KX + 2 * d.E), "x": None if a.x is None else tuple(a.x.shape),
+              "emb_A": (d.E, 2), "emb_b": (d.F, d.E), "pre_add": (a.pre_rows, d.N), "bias": (d.N,),
+              "post_add": (a.post_rows, d.N)}
+    return [a.grad_out.new_empty(shapes[k] if need[k] else _EMPTY, dtype=torch.float32)
             for k in GRAD_NAMES]
 
 
@@ -584,70 +491,89 @@ def fmm_linear_backward(grad_out: torch.Tensor, weight: torch.Tensor,
     None when absent) and has_bias. `out` is the forward's output BEFORE post_add, needed with act
     or clamp. needs: names from GRAD_NAMES to compute (default: all that exist). All gradients
     are fp32 (fp64 inputs stay fp64 on the torch backend)."""
-    d = _check_backward(grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys, pre_rows,
-                        pre_index, has_bias, act, gain, clamp, post_rows, post_index, precision)
-    need = _needs(needs, x, d.E, pre_rows, has_bias, post_rows)
-    gain = float(gain)
-    clamp = None if clamp is None else float(clamp)
-    if resolve_backend(backend, weight.device) == "triton":
-        grads = torch.ops.digan.fmm_linear_backward(
-            grad_out, weight, x, out, x_index, emb_A, emb_b, xs, ys,
-            -1 if pre_rows is None else pre_rows, pre_index, has_bias, act, gain, clamp,
-            -1 if post_rows is None else post_rows, post_index, [need[k] for k in GRAD_NAMES],
-            precision)
+    return fmm_linear_backward_args(_bwd_args(
+        grad_out, weight, x, out=out, x_index=x_index, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys,
+        pre_rows=pre_rows, pre_index=pre_index, has_bias=has_bias, act=act, gain=gain, clamp=clamp,
+        post_rows=post_rows, post_index=post_index, needs=needs, precision=precision), backend)
+
+
+def fmm_linear_backward_args(a: FmmLinearBwdArgs, backend: str = "auto") -> FmmLinearGrads:
+    """fmm_linear_backward on an FmmLinearBwdArgs: checked once, by the custom op (Triton) or here."""
+    need = _needs(a)
+    if resolve_backend(backend, tensor_device(a.weight, "weight")) == "triton":
+        grads = torch.ops.digan.fmm_linear_backward(*_to_op(a))
         return FmmLinearGrads(*(t if need[k] else None for k, t in zip(GRAD_NAMES, grads)))
-    return _backward_torch(grad_out, out, weight, x, x_index, emb_A, emb_b, xs, ys, pre_rows,
-                           pre_index, act, gain, clamp, post_rows, post_index, need, precision, d)
+    return _backward_torch(a, _check_backward(a), need)
 
 
-# ---- the differentiable op ----------------------------------------------------------------------
+# ---- the differentiable op: one autograd formula for FmmLinearFunction and digan::fmm_linear --------
 
 def _gather(t, index):
     return t if index is None else t.index_select(0, index)
 
 
+def _save_for_backward(ctx, a: FmmLinearArgs, y: Optional[torch.Tensor], recompute: bool,
+                       backend: str) -> None:
+    """What _fmm_linear_vjp needs. y: the output before post_add when act / clamp mask the
+    gradient (None otherwise, or with `recompute`, when the backward computes it again)."""
+    ctx.save_for_backward(a.weight, a.x, a.x_index, a.emb_A, a.emb_b, a.xs, a.ys,
+                          a.pre_add if recompute else None, a.pre_index,
+                          a.bias if recompute else None, a.post_index, y)
+    ctx.cfg = dict(pre_rows=None if a.pre_add is None else a.pre_add.shape[0],
+                   has_bias=a.bias is not None, act=a.act, gain=a.gain, clamp=a.clamp,
+                   post_rows=None if a.post_add is None else a.post_add.shape[0],
+                   precision=a.precision)
+    ctx.recompute, ctx.out_dtype, ctx.backend = recompute, a.out_dtype, backend
+    ctx.dtypes = [None if a[s] is None else a[s].dtype for s in _GRAD_SLOTS]
+
+
+def _fmm_linear_vjp(ctx, grad):
+    """Gradients of the FmmLinearArgs slots (then None for any further input) by
+    fmm_linear_backward on the forward's backend."""
+    if ctx.out_dtype == torch.uint8:
+        raise RuntimeError("digan::fmm_linear with a uint8 output is not differentiable")
+    (weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, post_index,
+     y) = ctx.saved_tensors
+    c = ctx.cfg
+    ni = ctx.needs_input_grad
+    flags = tuple(bool(ni[s]) and dt is not None for s, dt in zip(_GRAD_SLOTS, ctx.dtypes))
+    res = [None] * len(ni)
+    if not any(flags):
+        return tuple(res)
+    if ctx.recompute:
+        y = fmm_linear_args(FmmLinearArgs(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index,
+                                          bias, c["act"], c["gain"], c["clamp"], None, None,
+                                          torch.float32, c["precision"]), ctx.backend)
+    grads = fmm_linear_backward_args(FmmLinearBwdArgs(
+        grad.contiguous(), weight, x, y, x_index, emb_A, emb_b, xs, ys, c["pre_rows"], pre_index,
+        c["has_bias"], c["act"], c["gain"], c["clamp"], c["post_rows"], post_index, flags,
+        c["precision"]), ctx.backend)
+    for s, f, t, dt in zip(_GRAD_SLOTS, flags, grads, ctx.dtypes):
+        if f:
+            res[s] = t.to(dt)
+    return tuple(res)
+
+
 class FmmLinearFunction(torch.autograd.Function):
     """fmm_linear (fp32 output) with fmm_linear_backward as its backward, on either backend.
-    Use through fmm_linear_autograd."""
+    Inputs: the FmmLinearArgs slots, then the backend. Use through fmm_linear_autograd."""
 
     @staticmethod
-    def forward(ctx, weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act, gain,
-                clamp, post_add, post_index, precision, backend):
-        kw = dict(x_index=x_index, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_add=pre_add,
-                  pre_index=pre_index, bias=bias, act=act, gain=gain, clamp=clamp,
-                  out_dtype=torch.float32, precision=precision, backend=backend)
-        masked = act or clamp is not None
-        if post_add is not None and masked:
+    def forward(ctx, *inputs):
+        a, backend = FmmLinearArgs(*inputs[:-1]), inputs[-1]
+        masked = a.act or a.clamp is not None
+        if a.post_add is not None and masked:
             # The backward reads the sign / clamp of the output before post_add: keep it. Adding
             # post_add afterwards is the fused epilogue's last operation, so the bits are equal.
-            y = fmm_linear(weight, x, **kw)
-            out = y + _gather(post_add, post_index).float()
+            y = fmm_linear_args(a._replace(post_add=None, post_index=None), backend)
+            out = y + _gather(a.post_add, a.post_index).float()
         else:
-            out = fmm_linear(weight, x, post_add=post_add, post_index=post_index, **kw)
+            out = fmm_linear_args(a, backend)
             y = out if masked else None
-        ctx.save_for_backward(weight, x, x_index, emb_A, emb_b, xs, ys, pre_index, post_index, y)
-        ctx.cfg = dict(pre_rows=None if pre_add is None else pre_add.shape[0],
-                       has_bias=bias is not None, act=act, gain=gain, clamp=clamp,
-                       post_rows=None if post_add is None else post_add.shape[0],
-                       precision=precision, backend=backend)
-        ctx.dtypes = [None if t is None else t.dtype
-                      for t in (weight, x, emb_A, emb_b, pre_add, bias, post_add)]
+        _save_for_backward(ctx, a, y, False, backend)
         return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        weight, x, x_index, emb_A, emb_b, xs, ys, pre_index, post_index, y = ctx.saved_tensors
-        ni = ctx.needs_input_grad
-        flags = dict(zip(GRAD_NAMES, (ni[0], ni[1], ni[3], ni[4], ni[7], ni[9], ni[13])))
-        if not any(flags.values()):
-            return (None,) * 17
-        grads = fmm_linear_backward(grad.contiguous(), weight, x, out=y, x_index=x_index,
-                                    emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_index=pre_index,
-                                    post_index=post_index, needs=[k for k, v in flags.items() if v],
-                                    **ctx.cfg)
-        g = [None if t is None else t.to(dt) for t, dt in zip(grads, ctx.dtypes)]
-        return (g[0], g[1], None, g[2], g[3], None, None, g[4], None, g[5], None, None, None, g[6],
-                None, None, None)
+    backward = staticmethod(_fmm_linear_vjp)
 
 
 def fmm_linear_autograd(weight: torch.Tensor, x: Optional[torch.Tensor] = None, *,
@@ -663,49 +589,19 @@ def fmm_linear_autograd(weight: torch.Tensor, x: Optional[torch.Tensor] = None, 
                         backend: str = "auto") -> torch.Tensor:
     """fmm_linear (same arguments, fp32 output) differentiable w.r.t. weight, x, emb_A, emb_b,
     pre_add, bias and post_add, with the fused backward of this module on the same backend."""
-    return FmmLinearFunction.apply(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index,
-                                   bias, act, float(gain), None if clamp is None else float(clamp),
-                                   post_add, post_index, precision, backend)
+    a = _args(weight, x, x_index=x_index, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_add=pre_add,
+              pre_index=pre_index, bias=bias, act=act, gain=gain, clamp=clamp, post_add=post_add,
+              post_index=post_index, out_dtype=torch.float32, precision=precision)
+    return FmmLinearFunction.apply(*a, backend)
 
-
-# ---- autograd of the Triton custom op digan::fmm_linear -----------------------------------------
 
 def _op_setup_context(ctx, inputs, output):
-    (weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, act, gain, clamp,
-     post_add, post_index, out_dtype, precision) = inputs
-    recompute = post_add is not None and (act or clamp is not None)
-    keep_out = (act or clamp is not None) and not recompute
-    ctx.save_for_backward(weight, x, x_index, emb_A, emb_b, xs, ys,
-                          pre_add if recompute else None, pre_index,
-                          bias if recompute else None, post_index, output if keep_out else None)
-    ctx.cfg = dict(pre_rows=-1 if pre_add is None else pre_add.shape[0], has_bias=bias is not None,
-                   act=act, gain=gain, clamp=clamp,
-                   post_rows=-1 if post_add is None else post_add.shape[0], precision=precision)
-    ctx.recompute, ctx.out_dtype = recompute, out_dtype
-    ctx.dtypes = [None if t is None else t.dtype
-                  for t in (weight, x, emb_A, emb_b, pre_add, bias, post_add)]
+    # digan::fmm_linear's output includes post_add: with act / clamp the backward recomputes the
+    # output before it.
+    a = FmmLinearArgs(*inputs)
+    masked = a.act or a.clamp is not None
+    recompute = a.post_add is not None and masked
+    _save_for_backward(ctx, a, output if masked and not recompute else None, recompute, "triton")
 
 
-def _op_backward(ctx, grad):
-    if ctx.out_dtype == torch.uint8:
-        raise RuntimeError("digan::fmm_linear with a uint8 output is not differentiable")
-    (weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index, bias, post_index,
-     y) = ctx.saved_tensors
-    c = ctx.cfg
-    if ctx.recompute:
-        y = torch.ops.digan.fmm_linear(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add,
-                                       pre_index, bias, c["act"], c["gain"], c["clamp"], None, None,
-                                       torch.float32, c["precision"])
-    ni = ctx.needs_input_grad
-    flags = [ni[0], ni[1], ni[3], ni[4], ni[7], ni[9], ni[13]]
-    flags = [bool(f) and dt is not None for f, dt in zip(flags, ctx.dtypes)]
-    grads = torch.ops.digan.fmm_linear_backward(
-        grad.contiguous(), weight, x, y, x_index, emb_A, emb_b, xs, ys, c["pre_rows"], pre_index,
-        c["has_bias"], c["act"], c["gain"], c["clamp"], c["post_rows"], post_index, flags,
-        c["precision"])
-    g = [t.to(dt) if f else None for t, f, dt in zip(grads, flags, ctx.dtypes)]
-    return (g[0], g[1], None, g[2], g[3], None, None, g[4], None, g[5], None, None, None, g[6],
-            None, None, None)
-
-
-torch.library.register_autograd("digan::fmm_linear", _op_backward, setup_context=_op_setup_context)
+torch.library.register_autograd("digan::fmm_linear", _fmm_linear_vjp, setup_context=_op_setup_context)

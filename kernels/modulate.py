@@ -15,8 +15,7 @@ import math
 
 import torch
 
-from ._common import (FLOAT_DTYPES, cdiv, check_backend, check_tensor, load_triton_module,
-                      resolve_backend)
+from ._common import FLOAT_DTYPES, cdiv, check_backend, check_tensor, load_triton_module, resolve_backend, tensor_device
 
 __all__ = ["fmm_modulate", "fmm_modulate_reference", "fmm_modulate_triton",
            "torgb_modulate", "torgb_modulate_reference"]
@@ -99,9 +98,9 @@ def fmm_modulate(weight: torch.Tensor, styles: torch.Tensor, rank: int, demodula
     """FMM-modulated, optionally demodulated weight W' (B, Cout, Cin), computed in fp32.
 
     backend: 'auto' (Triton for CUDA tensors when available, else torch), 'triton', 'torch'.
-    The two backends agree to fp32 rounding (different summation orders for L @ R and the norm)."""
-    _check_fmm_modulate(weight, styles, rank, demodulate, out_dtype)
-    if resolve_backend(backend, weight.device) == "triton":
+    The two backends agree to fp32 rounding (different summation orders for L @ R and the norm).
+    Each path checks the arguments once (the custom op's launcher, or the reference)."""
+    if resolve_backend(backend, tensor_device(weight, "weight")) == "triton":
         return torch.ops.digan.fmm_modulate(weight, styles, rank, demodulate, out_dtype)
     return fmm_modulate_reference(weight, styles, rank, demodulate, out_dtype)
 

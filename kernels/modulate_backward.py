@@ -26,7 +26,7 @@ from typing import Tuple
 
 import torch
 
-from ._common import FLOAT_DTYPES, cdiv, check_tensor, load_triton_module, resolve_backend
+from ._common import FLOAT_DTYPES, cdiv, check_tensor, load_triton_module, resolve_backend, tensor_device
 from .modulate import _check_fmm_modulate, fmm_modulate, fmm_modulate_reference
 
 __all__ = ["fmm_modulate_backward", "fmm_modulate_backward_torch", "fmm_modulate_backward_triton",
@@ -126,33 +126,43 @@ def _fmm_modulate_backward_fake(grad, weight, styles, rank, demodulate):
 
 def fmm_modulate_backward(grad: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, rank: int,
                           demodulate: bool = True, backend: str = "auto"):
-    """(dL/d weight (Cout, Cin), dL/d styles (B, (Cin+Cout)*r)), fp32, from grad = dL/dW'."""
-    _check_backward(grad, weight, styles, rank, demodulate)
-    if resolve_backend(backend, weight.device) == "triton":
+    """(dL/d weight (Cout, Cin), dL/d styles (B, (Cin+Cout)*r)), fp32, from grad = dL/dW'. Checked
+    once: by the custom op's launcher (Triton) or here (torch)."""
+    if resolve_backend(backend, tensor_device(weight, "weight")) == "triton":
         return torch.ops.digan.fmm_modulate_backward(grad, weight, styles, rank, demodulate)
+    _check_backward(grad, weight, styles, rank, demodulate)
     return _backward_torch(grad, weight, styles, rank, demodulate)
 
 
-# ---- the differentiable op ----------------------------------------------------------------------
+# ---- the differentiable op: one autograd formula for FmmModulateFunction and digan::fmm_modulate --
+
+def _save_for_backward(ctx, weight, styles, rank, demodulate, backend):
+    ctx.save_for_backward(weight, styles)
+    ctx.cfg = (rank, demodulate, backend)
+
+
+def _fmm_modulate_vjp(ctx, grad):
+    """(d weight, d styles, then None for the other inputs) by fmm_modulate_backward on the
+    forward's backend."""
+    weight, styles = ctx.saved_tensors
+    rank, demodulate, backend = ctx.cfg
+    ni = ctx.needs_input_grad
+    res = [None] * len(ni)
+    if ni[0] or ni[1]:
+        d_weight, d_styles = fmm_modulate_backward(grad, weight, styles, rank, demodulate, backend)
+        res[0], res[1] = (d_weight if ni[0] else None), (d_styles if ni[1] else None)
+    return tuple(res)
+
 
 class FmmModulateFunction(torch.autograd.Function):
     """fmm_modulate (fp32 output) with fmm_modulate_backward; use through fmm_modulate_autograd."""
 
     @staticmethod
     def forward(ctx, weight, styles, rank, demodulate, backend):
-        ctx.save_for_backward(weight, styles)
-        ctx.cfg = (rank, demodulate, backend)
+        _save_for_backward(ctx, weight, styles, rank, demodulate, backend)
         return fmm_modulate(weight, styles, rank, demodulate, torch.float32, backend)
 
-    @staticmethod
-    def backward(ctx, grad):
-        weight, styles = ctx.saved_tensors
-        rank, demodulate, backend = ctx.cfg
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return None, None, None, None, None
-        d_weight, d_styles = fmm_modulate_backward(grad, weight, styles, rank, demodulate, backend)
-        return (d_weight if ctx.needs_input_grad[0] else None,
-                d_styles if ctx.needs_input_grad[1] else None, None, None, None)
+    backward = staticmethod(_fmm_modulate_vjp)
 
 
 def fmm_modulate_autograd(weight: torch.Tensor, styles: torch.Tensor, rank: int,
@@ -161,19 +171,9 @@ def fmm_modulate_autograd(weight: torch.Tensor, styles: torch.Tensor, rank: int,
     return FmmModulateFunction.apply(weight, styles, rank, demodulate, backend)
 
 
-# ---- autograd of the Triton custom op digan::fmm_modulate ---------------------------------------
-
 def _op_setup_context(ctx, inputs, output):
     weight, styles, rank, demodulate, out_dtype = inputs
-    ctx.save_for_backward(weight, styles)
-    ctx.cfg = (rank, demodulate)
+    _save_for_backward(ctx, weight, styles, rank, demodulate, "triton")
 
 
-def _op_backward(ctx, grad):
-    weight, styles = ctx.saved_tensors
-    rank, demodulate = ctx.cfg
-    d_weight, d_styles = torch.ops.digan.fmm_modulate_backward(grad, weight, styles, rank, demodulate)
-    return d_weight, d_styles, None, None, None
-
-
-torch.library.register_autograd("digan::fmm_modulate", _op_backward, setup_context=_op_setup_context)
+torch.library.register_autograd("digan::fmm_modulate", _fmm_modulate_vjp, setup_context=_op_setup_context)

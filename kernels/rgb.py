@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FLOAT_DTYPES, cdiv, check_tensor, load_triton_module, resolve_backend
+from ._common import FLOAT_DTYPES, cdiv, check_tensor, load_triton_module, resolve_backend, tensor_device
 
 __all__ = ["to_uint8", "to_uint8_reference", "to_uint8_triton",
            "rgb_to_yuv420", "rgb_to_yuv420_reference", "rgb_to_yuv420_triton", "YUV_COEFFS"]
@@ -36,6 +36,21 @@ YUV_COEFFS = {
     "V": tuple(_f32(224.0 / 255.0 * k / (2.0 * (1.0 - KR))) for k in (1.0 - KR, -KG, -KB)),
 }
 _OFFSETS = {"Y": 16.0, "U": 128.0, "V": 128.0}
+
+
+def _register_op(name: str, launcher, fake):
+    """The Triton launcher `launcher` (one tensor in, one out; it checks its input) as the custom op
+    digan::<name>, with `fake` (shapes only) for torch.compile."""
+    op = torch.library.custom_op(f"digan::{name}", launcher, mutates_args=())
+    op.register_fake(fake)
+    return op
+
+
+def _dispatch(op_name: str, reference, t, name: str, backend: str) -> torch.Tensor:
+    """torch.ops.digan.<op_name>(t) on the Triton backend, else reference(t): each checks `t` (once)."""
+    if resolve_backend(backend, tensor_device(t, name)) == "triton":
+        return getattr(torch.ops.digan, op_name)(t.contiguous())
+    return reference(t)
 
 
 # ---- to_uint8 -----------------------------------------------------------------------------------
@@ -69,24 +84,18 @@ def to_uint8_triton(img: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("digan::to_uint8", mutates_args=())
-def _to_uint8_op(img: torch.Tensor) -> torch.Tensor:
-    return to_uint8_triton(img)
-
-
-@_to_uint8_op.register_fake
 def _to_uint8_fake(img):
     _check_to_uint8(img)
     return torch.empty_like(img, dtype=torch.uint8)
 
 
+_to_uint8_op = _register_op("to_uint8", to_uint8_triton, _to_uint8_fake)
+
+
 def to_uint8(img: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Float image (any shape, e.g. (M, 3) or (F, H, W, 3)) -> uint8, rint((x+1)*127.5) in
     [0, 255]. Both backends give identical bytes."""
-    _check_to_uint8(img)
-    if resolve_backend(backend, img.device) == "triton":
-        return torch.ops.digan.to_uint8(img.contiguous())
-    return to_uint8_reference(img)
+    return _dispatch("to_uint8", to_uint8_reference, img, "img", backend)
 
 
 # ---- rgb_to_yuv420 ------------------------------------------------------------------------------
@@ -144,21 +153,15 @@ def rgb_to_yuv420_triton(frames: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("digan::rgb_to_yuv420", mutates_args=())
-def _rgb_to_yuv420_op(frames: torch.Tensor) -> torch.Tensor:
-    return rgb_to_yuv420_triton(frames)
-
-
-@_rgb_to_yuv420_op.register_fake
 def _rgb_to_yuv420_fake(frames):
     F, H, W = _check_yuv(frames)
     return frames.new_empty((F, H * 3 // 2, W))
 
 
+_rgb_to_yuv420_op = _register_op("rgb_to_yuv420", rgb_to_yuv420_triton, _rgb_to_yuv420_fake)
+
+
 def rgb_to_yuv420(frames: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """uint8 RGB frames (F, H, W, 3), H and W even -> I420 (F, H*3//2, W) uint8, BT.709 limited
     range. Both backends give identical bytes."""
-    _check_yuv(frames)
-    if resolve_backend(backend, frames.device) == "triton":
-        return torch.ops.digan.rgb_to_yuv420(frames.contiguous())
-    return rgb_to_yuv420_reference(frames)
+    return _dispatch("rgb_to_yuv420", rgb_to_yuv420_reference, frames, "frames", backend)

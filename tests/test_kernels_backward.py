@@ -276,10 +276,11 @@ class _Fp64Linear(torch.autograd.Function):
         d = lb_mod._Dims(M, g.shape[1], 0 if x is None else x.shape[1], E, F,
                          1 if E == 0 else len(kw["ys"]), 1 if E == 0 else len(kw["xs"]),
                          torch.float64)
-        need = lb_mod._needs(None, x, E, ctx.rows[0], ctx.has_bias, ctx.rows[1])
-        r = lb_mod._backward_torch(g, y, weight, x, kw["x_index"], emb_A, emb_b, kw["xs"], kw["ys"],
-                                   ctx.rows[0], kw["pre_index"], kw["act"], SQRT2, kw["clamp"],
-                                   ctx.rows[1], kw["post_index"], need, "fp32", d)
+        a = lb_mod.FmmLinearBwdArgs(g, weight, x, y, kw["x_index"], emb_A, emb_b, kw["xs"], kw["ys"],
+                                    ctx.rows[0], kw["pre_index"], ctx.has_bias, kw["act"], SQRT2,
+                                    kw["clamp"], ctx.rows[1], kw["post_index"],
+                                    (True,) * len(lb_mod.GRAD_NAMES), "fp32")
+        r = lb_mod._backward_torch(a, d, lb_mod._needs(a))
         return r.weight, r.x, r.emb_A, r.emb_b, r.pre_add, r.bias, r.post_add, None
 
 
