@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections import OrderedDict
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from digan.networks import Generator
 from kernels._common import interpreter_enabled
 
 from .executor import BlockWeights, prepare_video, render_tile
 from .plan import FrameChunk, Plan, make_plan
 from .precision import resolve_precision
 from .request import RenderRequest
-from digan.networks import Generator
 
 CPU_TILE_BYTES = 128 << 20
-# Per-video weights kept between frames() calls (grid renders cycle through all their videos per
-# chunk); at least one video is always kept. digan-128 needs ~20 MiB per video.
+# Per-video weights kept between frames() calls (one per segment in `digan render`); at least one
+# video is always kept, and every video of a grid (each chunk needs all of them). digan-128 needs
+# ~20 MiB per video.
 WEIGHT_CACHE_BYTES = 512 << 20
 
 
@@ -60,6 +62,7 @@ class Renderer:
         self.precision = resolve_precision(request.precision, self.device)  # what really runs
         self.Ts = request.grid()                 # TimeGrid: parameters, O(1) in the frame count
         self._weights: "OrderedDict[int, List[BlockWeights]]" = OrderedDict()
+        self._keep = 1   # videos the cache never evicts below (a grid's cells: all of its videos)
         act_bytes = 2 if self.precision == "bf16" else 4
         # CPU: tiles of <= ~128 MiB working set (one 128x128 frame of the official model) keep
         # each layer's activations near the cache: 9.1 fps vs 6.1 with 16-frame tiles (fp32,
@@ -90,7 +93,7 @@ class Renderer:
         blocks = self.build_video_weights(k)
         self._weights[k] = blocks
         size = lambda bl: sum(b.nbytes() for b in bl)  # noqa: E731
-        while len(self._weights) > 1 and sum(size(v) for v in self._weights.values()) > WEIGHT_CACHE_BYTES:
+        while len(self._weights) > self._keep and sum(size(v) for v in self._weights.values()) > WEIGHT_CACHE_BYTES:
             self._weights.popitem(last=False)
         return blocks
 
@@ -116,51 +119,96 @@ class Renderer:
                 self.G, blocks, tile, self.request.view.scale, self.precision, self.backend, self.device, out)
         return buffer
 
-    def frames(self, videos: Optional[Sequence[int]] = None, start: int = 0,
-               end: Optional[int] = None) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    def frame_size(self, grid: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+        """(height, width) of the frames `frames(grid=grid)` yields: one video's, or the grid's."""
+        rows, cols = self._check_grid(grid) if grid is not None else (1, 1)
+        return self.H * rows, self.W * cols
+
+    def frames(self, start: int = 0, end: Optional[int] = None, videos: Optional[Sequence[int]] = None,
+               grid: Optional[Tuple[int, int]] = None) -> Iterator[Tuple[int, int, torch.Tensor]]:
         """Yields (video index, frame index, uint8 (H, W, 3) CPU tensor) for frames [start, end)
-        of each video, in order.
+        of each video (all of them, or `videos`), video by video.
+
+        grid=(rows, cols): the request's videos tiled into one video, video k in cell
+        divmod(k, cols), cells without a video black; yields (0, frame index, uint8
+        (rows*H, cols*W, 3)). A grid keeps the weights of all its videos (every chunk needs them).
 
         On CUDA, chunk k+1 is computed while chunk k is copied to pinned host memory on a side
-        stream (double-buffered), so the GPU never waits for the host copy."""
-        videos = range(self.num_videos) if videos is None else videos
-        if self.device.type != "cuda":
-            for k in videos:
-                blocks = self.video_weights(k)
-                for chunk in self.plan.chunks(start, end):
-                    buf = self.render_chunk(blocks, chunk)
-                    for i in range(buf.shape[0]):
-                        yield k, chunk.frames[0] + i, buf[i]
+        stream (double-buffered), so the GPU never waits for the host copy; grids the same."""
+        if grid is not None:
+            if videos is not None:
+                raise ValueError("a grid holds every video of the request: give videos or grid, not both")
+            self._keep = max(self._keep, self.num_videos)
+            units = self._grid_units(self._check_grid(grid), start, end)
+        else:
+            videos = range(self.num_videos) if videos is None else videos
+            units = self._video_units(videos, start, end)
+        shape = self.frame_size(grid) + (3,)
+        if self.device.type == "cuda":
+            yield from self._frames_cuda(units, shape, black=grid is not None)
             return
-        yield from self._frames_cuda(videos, start, end)
+        for k, chunk, fill in units:
+            F = chunk.frames[1] - chunk.frames[0]
+            # a fresh buffer per chunk: the frames yielded are views of it, kept by the caller
+            buf = (torch.zeros if grid is not None else torch.empty)((F,) + shape, dtype=torch.uint8)
+            fill(buffer=buf)
+            for i in range(F):
+                yield k, chunk.frames[0] + i, buf[i]
 
-    def _frames_cuda(self, videos, start, end) -> Iterator[Tuple[int, int, torch.Tensor]]:
-        copy_stream = torch.cuda.Stream(self.device)
-        n = self.plan.frames_per_chunk
-        host = [torch.empty((n, self.H, self.W, 3), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-        dev = [torch.empty((n, self.H, self.W, 3), dtype=torch.uint8, device=self.device) for _ in range(2)]
-        events = [None, None]
-        pending = None  # (slot, video, chunk) whose copy is in flight
-        slot = 0
+    def _check_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        rows, cols = grid
+        if rows < 1 or cols < 1 or rows * cols < self.num_videos:
+            raise ValueError(f"a {rows}x{cols} grid (rows x columns) cannot hold {self.num_videos} videos")
+        return rows, cols
+
+    def _video_units(self, videos, start, end) -> Iterator[Tuple[int, FrameChunk, Callable]]:
+        """(video, chunk, fill(buffer=(F, H, W, 3))) for each chunk of each video."""
         for k in videos:
             blocks = self.video_weights(k)
             for chunk in self.plan.chunks(start, end):
-                F = chunk.frames[1] - chunk.frames[0]
-                if events[slot] is not None:
-                    events[slot].synchronize()        # host[slot] was consumed before reuse below
-                self.render_chunk(blocks, chunk, buffer=dev[slot][:F])
-                done = torch.cuda.Event()
-                done.record(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(copy_stream):
-                    copy_stream.wait_event(done)
-                    host[slot][:F].copy_(dev[slot][:F], non_blocking=True)
-                    ev = torch.cuda.Event()
-                    ev.record(copy_stream)
-                events[slot] = ev
-                if pending is not None:
-                    yield from self._drain(host, events, pending)
-                pending = (slot, k, chunk)
-                slot ^= 1
+                yield k, chunk, functools.partial(self.render_chunk, blocks, chunk)
+
+    def _grid_units(self, grid, start, end) -> Iterator[Tuple[int, FrameChunk, Callable]]:
+        """(0, chunk, fill(buffer=(F, rows*H, cols*W, 3))): every video into its cell; the empty
+        cells are never written (the canvas starts black)."""
+        _, cols = grid
+        H, W = self.H, self.W
+
+        def fill(chunk, buffer):
+            for k in range(self.num_videos):
+                r, c = divmod(k, cols)
+                self.render_chunk(self.video_weights(k), chunk, buffer=buffer[:, r * H:(r + 1) * H, c * W:(c + 1) * W])
+
+        for chunk in self.plan.chunks(start, end):
+            yield 0, chunk, functools.partial(fill, chunk)
+
+    def _frames_cuda(self, units, shape, black: bool) -> Iterator[Tuple[int, int, torch.Tensor]]:
+        copy_stream = torch.cuda.Stream(self.device)
+        n = self.plan.frames_per_chunk
+        host = [torch.empty((n,) + shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        # grids: cells without a video are never written, so they stay as black as allocated
+        alloc = torch.zeros if black else torch.empty
+        dev = [alloc((n,) + shape, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        events = [None, None]
+        pending = None  # (slot, video, chunk) whose copy is in flight
+        slot = 0
+        for k, chunk, fill in units:
+            F = chunk.frames[1] - chunk.frames[0]
+            if events[slot] is not None:
+                events[slot].synchronize()        # host[slot] was consumed before reuse below
+            fill(buffer=dev[slot][:F])
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(copy_stream):
+                copy_stream.wait_event(done)
+                host[slot][:F].copy_(dev[slot][:F], non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record(copy_stream)
+            events[slot] = ev
+            if pending is not None:
+                yield from self._drain(host, events, pending)
+            pending = (slot, k, chunk)
+            slot ^= 1
         if pending is not None:
             yield from self._drain(host, events, pending)
 

@@ -3,6 +3,8 @@
 Seeds: video k with seed s draws z = randn(z_dim) then z_motion = randn(w_dim) from
 torch.Generator().manual_seed(s) on the CPU (so a seed means the same video on every machine);
 `motion_seeds` replaces the z_motion draw with one from its own seed (same content, other motion).
+Explicit codes (`z`, `z_motion`: official fixtures, codes found elsewhere) replace the draws; the
+seeds then only count and name the videos.
 Times: `frames` points on linspace(t_start, t_end); `interpolate` = k renders (frames-1)*k+1
 points on the same range (k x the frame rate, slow motion at the same fps); t outside [0, 1]
 extrapolates. Explicit `times` override all of that.
@@ -106,10 +108,16 @@ class RenderRequest:
     memory_budget: int = 2 << 30                             # bytes for tiles + one frame chunk
     backend: str = "auto"
     device: Optional[str] = None                             # None: cuda if available else cpu
+    z: Optional[torch.Tensor] = None                         # (B, z_dim) explicit content codes; None: seeds
+    z_motion: Optional[torch.Tensor] = None                  # (B, w_dim) explicit motion codes; None: seeds
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        self.z = self._explicit_codes("z", self.z)
+        self.z_motion = self._explicit_codes("z_motion", self.z_motion)
+        if self.z_motion is not None and self.motion_seeds is not None:
+            raise ValueError("give motion_seeds or explicit z_motion codes, not both")
         if self.motion_seeds is not None and len(self.motion_seeds) != len(self.seeds):
             raise ValueError(f"{len(self.motion_seeds)} motion seeds for {len(self.seeds)} videos")
         if self.labels is not None and len(self.labels) != len(self.seeds):
@@ -128,6 +136,19 @@ class RenderRequest:
         if self.memory_budget <= 0:
             raise ValueError(f"memory budget must be positive, got {self.memory_budget}")
 
+    def _explicit_codes(self, name: str, codes) -> Optional[torch.Tensor]:
+        """Explicit codes as a (B, dim) float32 CPU tensor, one row per video, all finite (the
+        caller's own tensor when it already is one: it is never written)."""
+        if codes is None:
+            return None
+        codes = torch.as_tensor(codes).detach().to("cpu", torch.float32)
+        if codes.dim() != 2 or codes.shape[0] != len(self.seeds):
+            raise ValueError(f"{name} must be (videos, dim) with one row per seed ({len(self.seeds)}), "
+                             f"got shape {tuple(codes.shape)}")
+        if not torch.isfinite(codes).all():
+            raise ValueError(f"{name} must be finite")
+        return codes
+
     def grid(self) -> TimeGrid:
         """The frames' times by parameters (O(1) whatever the frame count)."""
         if self.times is not None:
@@ -144,7 +165,11 @@ class RenderRequest:
         return len(self.times) if self.times is not None else (self.frames - 1) * self.interpolate + 1
 
     def codes(self, z_dim: int, w_dim: int, c_dim: int):
-        """z (B, z_dim), z_motion (B, w_dim), c (B, c_dim) or None, from the seeds."""
+        """z (B, z_dim), z_motion (B, w_dim), c (B, c_dim) or None, from the seeds (or the explicit
+        codes)."""
+        for name, codes, dim in (("z", self.z, z_dim), ("z_motion", self.z_motion, w_dim)):
+            if codes is not None and codes.shape[1] != dim:
+                raise ValueError(f"{name} has {codes.shape[1]} entries per video; this model takes {dim}")
         zs, zms = [], []
         for k, seed in enumerate(self.seeds):
             g = torch.Generator().manual_seed(int(seed))
@@ -163,7 +188,8 @@ class RenderRequest:
             c = torch.nn.functional.one_hot(torch.tensor(self.labels), c_dim).float()
         elif self.labels is not None:
             raise ValueError("this model is unconditional: drop the class labels")
-        return torch.stack(zs), torch.stack(zms), c
+        z = torch.stack(zs) if self.z is None else self.z
+        return z, torch.stack(zms) if self.z_motion is None else self.z_motion, c
 
     def content_hash(self, model_id: str) -> str:
         """Identifies the frames this request produces (not how they are tiled or where they go)."""
@@ -171,6 +197,10 @@ class RenderRequest:
         d["times"] = self.grid().describe()   # parameters, not values: O(1) in the frame count
         d["view"] = [self.view.scale, self.view.top, self.view.left, self.view.height, self.view.width]
         d["model"] = model_id
+        for name in ("z", "z_motion"):   # only when given: hashes of seed requests stay as they were
+            codes = getattr(self, name)
+            if codes is not None:
+                d[name] = hashlib.sha256(codes.contiguous().numpy().tobytes()).hexdigest()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -194,7 +224,10 @@ def seeds_from_text(text: str) -> List[int]:
         if not part:
             continue
         if "-" in part[1:]:
-            a, b = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1])
+            if part.startswith("-"):   # a negative first seed: '-3-2'
+                a, b = "-" + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+            else:
+                a, b = part.split("-", 1)
             a, b = int(a), int(b)
             if b < a:
                 raise ValueError(f"seed range {part!r} is empty")

@@ -11,8 +11,8 @@ import torch
 
 from digan.config import generator_preset
 from digan.view import View
-from engine.renderer import Renderer
 from engine.plan import MiB, make_plan
+from engine.renderer import Renderer
 from engine.request import RenderRequest
 from tests.conftest import REPO, perturbed_generator, rel_l2
 
@@ -22,22 +22,10 @@ PARITY = 1e-5
 
 
 def _request_for_fixture(fx, times_key, **kw):
-    """A request whose codes are the fixture's (seeds are replaced by explicit codes below)."""
+    """A request whose codes are the fixture's z / z_motion (explicit codes instead of seed draws)."""
     T = fx[times_key].numel() // 2
-    return RenderRequest(seeds=[0, 1], times=fx[times_key][:T].tolist(), **kw)
-
-
-class FixtureRenderer(Renderer):
-    """Renderer with the fixture's z / z_motion instead of seed draws."""
-
-    def __init__(self, G, request, z, zm, **kw):
-        self._z, self._zm = z, zm
-        super().__init__(G, request, **kw)
-
-    def video_weights(self, k):
-        from engine.executor import prepare_video
-        ws = self.G.mapping(self._z[k:k + 1], None, truncation_psi=self.request.psi)[0]
-        return prepare_video(self.G, ws, self._zm[k], self.Ts, self.request.precision, self.backend)
+    return RenderRequest(seeds=[0, 1], times=fx[times_key][:T].tolist(), z=fx["in.z"], z_motion=fx["in.z_motion"],
+                         **kw)
 
 
 @pytest.mark.parametrize("times_key,out_key", [("in.Ts", "out.img"), ("in.Ts_extra", "out.img_extra")])
@@ -47,7 +35,7 @@ def test_engine_matches_official_fixture(official_g, times_key, out_key):
     T = fx[times_key].numel() // 2
     assert torch.equal(fx[times_key][:T], fx[times_key][T:])
     req = _request_for_fixture(fx, times_key, backend="torch", device="cpu")
-    out = FixtureRenderer(G, req, fx["in.z"], fx["in.z_motion"]).render_float()
+    out = Renderer(G, req).render_float()
     assert out.shape == fx[out_key].shape
     assert rel_l2(out, fx[out_key]) <= PARITY
 
