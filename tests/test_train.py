@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,10 +20,18 @@ from digan.config import discriminator_preset, generator_preset
 from digan.datasets import FrameFolderDataset, VideoFolderDataset
 from digan.train import cli as train_cli
 from digan.train.augment import apply_params, join_pair, split_pair
-from digan.train.loop import (LOSS_KEYS, StepSampler, Trainer, TrainConfig, ema_beta, lazy_reg_hparams,
-                              sanitize_grads, update_ema)
+from digan.train.loop import (
+    LOSS_KEYS,
+    StepSampler,
+    TrainConfig,
+    Trainer,
+    ema_beta,
+    lazy_reg_hparams,
+    sanitize_grads,
+    update_ema,
+)
 from digan.train.loss import DiganLoss, FakeInputs, fake_pairs, sample_times
-from tests.data_utils import make_frame_folder, write_video
+from tests.data_utils import make_frame_folder, torch_threads, write_drifting_videos
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tiny-32"
@@ -32,22 +39,14 @@ TINY = "tiny-32"
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory):
     """Two lossless 32x32 videos of 20 random-ish frames: 2 x 5 = 10 clips of 16 frames."""
-    root = tmp_path_factory.mktemp("videos")
-    rng = np.random.default_rng(0)
-    for v in range(2):
-        base = rng.integers(0, 256, (32, 32, 3))
-        frames = [((base + 9 * k) % 256).astype(np.uint8) for k in range(20)]
-        write_video(root / f"clip{v}.mp4", frames)
-    return root
+    return write_drifting_videos(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +246,7 @@ def test_kill_and_resume_equals_uninterrupted(video_dir, tmp_path, capsys, monke
     after step 6): the snapshot written on the way out resumes to 8 with identical losses and state.
     Then the crash case: resuming from an older snapshot (step 4, a run that was SIGKILLed later)
     replaces the log rows past it and again ends identical."""
-    from digan.train.loop import SELF_SIGNAL_ENV, TrainingInterrupted
+    from digan.train.signals import SELF_SIGNAL_ENV, TrainingInterrupted
 
     common = ["--data", video_dir, "--tiny", "--batch", 4, "--r1-every", 3, "--workers", 0, "--device", "cpu",
               "--log-every", 1, "--preview-every", 4, "--seed", 7]

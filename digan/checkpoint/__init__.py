@@ -30,7 +30,8 @@ tensor or hyper-parameter.
 Layout: `_common` (format constants, errors), `standins` (inert stand-ins, the unpickle size budget),
 `allowed` (the functions a pickle may call), `unpickler` (allow-list, restricted unpickler), `official`
 (records -> plain data, hints from pickled kwargs), `inference` (configs from shapes), `formats`
-(sniffing, safetensors/torch readers), `loading` (checks and loaders), `saving` (writers, convert).
+(sniffing, safetensors/torch readers), `loading` (checks and loaders), `saving` (writers, convert),
+`training_state` (the optimizer, RNG and step state of `digan train` snapshots).
 """
 from ._common import (FORMAT, FORMAT_VERSION, KINDS, NETWORK_PREFIXES, CheckpointError, PathLike,
                       UnsafeCheckpointError)

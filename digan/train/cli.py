@@ -29,8 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
-from ..config import GENERATOR_PRESETS, DiscriminatorConfig, GeneratorConfig, discriminator_preset, \
-    generator_preset
+from ..config import GENERATOR_PRESETS, DiscriminatorConfig, GeneratorConfig, discriminator_preset, generator_preset
 
 TINY_PRESET = "tiny-32"
 DEFAULT_KIMG = 25000
@@ -114,7 +113,7 @@ class DeprecatedAlias(argparse.Action):
 
 def latest_snapshot(out: Path) -> Optional[Path]:
     """The newest snapshot in `out` (highest kimg; snapshot-<step> files of earlier versions too)."""
-    from .loop import latest_snapshot as latest
+    from .snapshots import latest_snapshot as latest
 
     return latest(out)
 
@@ -211,7 +210,9 @@ def _run_train(args) -> int:
     # first step): a run that prints nothing for minutes looks hung.
     import torch.distributed as dist
 
-    from .loop import Trainer, TrainConfig, TrainingInterrupted, init_distributed
+    from ..distributed import init_distributed
+    from .loop import TrainConfig, Trainer
+    from .signals import TrainingInterrupted
 
     env, device = init_distributed(args.device)
     log = print if env.is_main else (lambda *a, **k: None)
@@ -224,7 +225,7 @@ def _run_train(args) -> int:
                 raise FileNotFoundError(f"--resume: no snapshot found ({args.resume if ckpt is None else ckpt})")
 
         if ckpt is not None:   # model and recipe from the checkpoint
-            from ..checkpoint import read_metadata   # a truncated/corrupt file: one-line CheckpointError
+            from ..checkpoint import read_metadata  # a truncated/corrupt file: one-line CheckpointError
             meta = read_metadata(ckpt)
             if "train.config" not in meta or "g_config" not in meta or "d_config" not in meta:
                 raise ValueError(f"{ckpt} is not a training snapshot of `digan train`")
@@ -290,8 +291,10 @@ def _run_train(args) -> int:
                 "total_steps": total}, indent=2))
         log(f"data: {dataset!r}")
         log(f"model: {g_cfg.img_resolution}x{g_cfg.img_resolution}, c_dim {g_cfg.c_dim}; "
-            f"G {sum(p.numel() for p in trainer.G.parameters()):,} / D {sum(p.numel() for p in trainer.D.parameters()):,} parameters")
-        log(f"recipe: batch {cfg.batch} on {env.world_size} rank(s) x {trainer.rounds} round(s) of {trainer.batch_gpu}, "
+            f"G {sum(p.numel() for p in trainer.G.parameters()):,} / "
+            f"D {sum(p.numel() for p in trainer.D.parameters()):,} parameters")
+        log(f"recipe: batch {cfg.batch} on {env.world_size} rank(s) x {trainer.rounds} round(s) "
+            f"of {trainer.batch_gpu}, "
             f"G lr {trainer.opt_G.param_groups[0]['lr']:.6g} D lr {trainer.opt_D.param_groups[0]['lr']:.6g}, "
             f"R1 γ {cfg.r1_gamma} every {cfg.d_reg_interval}, augment '{cfg.augment}', "
             f"EMA {cfg.ema_kimg_value:g} kimg; device {device}; {total} steps "

@@ -33,14 +33,11 @@ checkpoints, previews and logs.  G.mapping's w_avg is a per-rank running mean, a
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import os
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,20 +47,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..checkpoint.training_state import (
+    TrainingProgress,
+    gather_global_rng_states,
+    load_training_state,
+    save_training_state,
+)
 from ..config import DiscriminatorConfig, GeneratorConfig
+from ..distributed import DistEnv, allreduce_grads
 from ..networks import Discriminator, Generator
 from .augment import DIGAN_POLICY
 from .loss import DiganLoss, FakeInputs, SynthesisFn, sample_times, slice_params
+from .reports import LOSS_KEYS, ReportWriters, format_row
+from .signals import StopSignals, TrainingInterrupted, ignore_stop_signals, self_signal_plan
+from .snapshots import snapshot_name
 
-LOSS_KEYS = ("G_motion", "G_image", "D_motion", "D_image", "R1_motion", "R1_image", "score_real", "score_fake")
-CSV_FIELDS = ("step", "kimg", "time_s") + LOSS_KEYS + ("clips_per_s", "sec_per_kimg")
-# stats.jsonl / TensorBoard names, in StyleGAN2-ADA's style ('Loss/G/loss', 'Loss/scores/fake', ...)
-STATS_NAMES = {"G_motion": "Loss/G/motion", "G_image": "Loss/G/image", "D_motion": "Loss/D/motion",
-               "D_image": "Loss/D/image", "R1_motion": "Loss/r1_motion", "R1_image": "Loss/r1_image",
-               "score_real": "Loss/scores/real", "score_fake": "Loss/scores/fake"}
-# Test hook, read when train() starts: "<step>[:TERM|INT]" makes rank 0 send itself that signal
-# right after step <step>, a kill point that does not depend on timing.
-SELF_SIGNAL_ENV = "DIGAN_TRAIN_SELF_SIGNAL"
 # A snapshot callback: (trainer, path of the snapshot on rank 0, None on other ranks) -> None or
 # {metric name: value}; it runs on every rank after every regular snapshot (not after the one
 # written when interrupted).  Metrics such as FVD register here.
@@ -142,18 +140,6 @@ def sanitize_grads(params: Sequence[torch.nn.Parameter]) -> None:
             torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
 
 
-@torch.no_grad()
-def allreduce_grads(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
-    """Average the gradients of `params` over ranks with one flat all_reduce."""
-    if world_size <= 1 or not params:
-        return
-    flat = torch.cat([p.grad.flatten() for p in params])
-    dist.all_reduce(flat)                                    # sync point across ranks
-    flat /= world_size
-    for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad.copy_(g.view_as(p.grad))
-
-
 def _mix_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
 
@@ -209,60 +195,6 @@ class StepSampler(torch.utils.data.Sampler):
             step += 1
 
 
-# ---- distributed ---------------------------------------------------------------------------------
-
-@dataclass
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "auto") -> Tuple[DistEnv, torch.device]:
-    """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); initialises the process group
-    (NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1; returns (env, this rank's device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    env = DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", env.local_rank if dev.index is None else dev.index)
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return env, dev
-
-
-# ---- RNG state <-> tensors -----------------------------------------------------------------------
-
-def _global_rng_state(device: torch.device) -> Tuple[Dict[str, torch.Tensor], Dict[str, object]]:
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        tensors["torch_cuda"] = torch.cuda.get_rng_state(device)
-    np_state = np.random.get_state()
-    tensors["numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
-    py_state = random.getstate()
-    tensors["python"] = torch.tensor(py_state[1], dtype=torch.int64)
-    meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": [py_state[0], py_state[2]]}
-    return tensors, meta
-
-
-def _set_global_rng_state(tensors: Dict[str, torch.Tensor], meta: Dict[str, object], device: torch.device) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    if device.type == "cuda" and "torch_cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["torch_cuda"], device)
-    kind, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, gauss_next = meta["python"]
-    random.setstate((version, tuple(int(v) for v in tensors["python"].tolist()), gauss_next))
-
-
 # ---- previews --------------------------------------------------------------------------------------
 
 def frames_to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -278,190 +210,6 @@ def render_grid(G: Generator, z: torch.Tensor, z_motion: torch.Tensor, c: torch.
     Ts = torch.linspace(0, 1, frames, device=z.device).repeat(z.shape[0])
     img = G.synthesis(G.mapping(z, c), Ts, z_motion)                # (n*frames, 3, H, W)
     return contact_sheet(list(frames_to_uint8(img)), cols=frames)
-
-
-# ---- snapshots, stopping, reports ------------------------------------------------------------------
-
-SNAPSHOT_PREFIX = "network-snapshot-"
-_OLD_SNAPSHOT_PREFIX = "snapshot-"   # snapshot-<step, 8 digits>.safetensors, written by earlier versions
-
-
-def snapshot_name(cur_nimg: int) -> str:
-    """StyleGAN2-ADA's name, network-snapshot-<kimg, 6 digits>.safetensors with kimg = videos // 1000.
-
-    Two snapshots less than 1 kimg apart share a name: the later replaces the earlier."""
-    return f"{SNAPSHOT_PREFIX}{int(cur_nimg) // 1000:06d}.safetensors"
-
-
-def latest_snapshot(out) -> Optional[Path]:
-    """The newest snapshot in `out`: the highest kimg among network-snapshot-*.safetensors, else (a run
-    of an earlier version) the highest step among snapshot-*.safetensors; None if there is none."""
-    out = Path(out)
-    for prefix in (SNAPSHOT_PREFIX, _OLD_SNAPSHOT_PREFIX):   # new names are always the later ones
-        found = []
-        for p in out.glob(f"{prefix}*.safetensors"):
-            number = p.name[len(prefix):-len(".safetensors")]
-            if number.isdigit() and p.is_file():
-                found.append((int(number), p.name, p))
-        if found:
-            return max(found)[2]
-    return None
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT/SIGTERM.  `snapshot` is the snapshot of the last finished step (None
-    when aborted by a second signal, or when there is no output folder); `signum` the signal."""
-
-    def __init__(self, signum: int, step: int, cur_nimg: int, snapshot: Optional[Path]):
-        super().__init__(signum, step, snapshot)
-        self.signum, self.step, self.cur_nimg, self.snapshot = int(signum), step, cur_nimg, snapshot
-
-
-class _StopSignals:
-    """While active (main thread only): the first SIGINT or SIGTERM records its number, and the loop
-    stops after the step in flight (a half-done step cannot be snapshotted and resumed exactly); a
-    second one aborts at once, without a snapshot.  The notice goes to stderr at once: the step in
-    flight can take a while on a CPU."""
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, object] = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise TrainingInterrupted(signum, -1, -1, None)
-        self.signum = signum
-        name = signal.Signals(signum).name
-        sys.stderr.write(f"\n{name}: stopping after the current step and writing a snapshot "
-                         f"(send it again to abort without one)\n")
-        sys.stderr.flush()
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-
-def _self_signal_plan() -> Optional[Tuple[int, int]]:
-    spec = os.environ.get(SELF_SIGNAL_ENV, "").strip()
-    if not spec:
-        return None
-    step, _, name = spec.partition(":")
-    sig = getattr(signal, "SIG" + (name or "TERM").strip().upper(), None)
-    if not step.strip().isdigit() or sig not in (signal.SIGINT, signal.SIGTERM):
-        raise ValueError(f"{SELF_SIGNAL_ENV}={spec!r}: expected <step>[:TERM|INT]")
-    return int(step), sig
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker_init_fn: Ctrl-C reaches the whole process group; workers must keep serving
-    the main process, which decides when to stop (they exit with it)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _drop_after(path: Path, step: int, step_of: Callable[[str], Optional[int]]) -> List[str]:
-    """Lines of a log file up to `step` (a killed run's tail is redone by the resumed run)."""
-    if not path.exists():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        s = step_of(line)
-        if s is not None and s <= step:
-            kept.append(line)
-    return kept
-
-
-class _ReportWriters:
-    """Rank 0's reports in `out`: log.csv, stats.jsonl (one JSON object per report, StyleGAN2-ADA's
-    layout: {"Loss/G/motion": {"num", "mean", "std"}, ..., "Progress/kimg": {...}, "timestamp"}),
-    metrics.jsonl (snapshot callbacks) and TensorBoard events when torch.utils.tensorboard imports.
-    On resume, rows past the current step are dropped first."""
-
-    def __init__(self, out: Path, step: int, tensorboard: bool):
-        out.mkdir(parents=True, exist_ok=True)
-        self.out = out
-        csv_path, self.stats_path = out / "log.csv", out / "stats.jsonl"
-        kept = []
-        if csv_path.exists():
-            with open(csv_path, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
-        self._csv_file = open(csv_path, "w", newline="")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_FIELDS)
-        self._csv.writeheader()
-        for r in kept:
-            self._csv.writerow({k: r.get(k, "") for k in CSV_FIELDS})
-        self._csv_file.flush()
-
-        def jsonl_step(line: str) -> Optional[int]:
-            try:
-                return int(json.loads(line)["Progress/step"]["mean"])
-            except (ValueError, KeyError, TypeError):
-                return None
-        kept_lines = _drop_after(self.stats_path, step, jsonl_step)
-        self._stats = open(self.stats_path, "w")
-        self._stats.write("".join(line + "\n" for line in kept_lines))
-        self._stats.flush()
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:   # the tensorboard package is optional
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self._tb = SummaryWriter(str(out), purge_step=step + 1)
-
-    @staticmethod
-    def record(row, spread, resources) -> Dict[str, object]:
-        def scalar(v):
-            return {"num": 1, "mean": v, "std": 0.0}
-
-        rec: Dict[str, object] = {"Progress/step": scalar(row["step"]), "Progress/kimg": scalar(row["kimg"]),
-                                  "Timing/total_sec": scalar(row["time_s"])}
-        if row.get("sec_per_kimg") is not None:   # absent during the warm-up steps
-            rec["Timing/sec_per_kimg"] = scalar(row["sec_per_kimg"])
-            rec["Timing/clips_per_sec"] = scalar(row["clips_per_s"])
-        for k in LOSS_KEYS:
-            if row.get(k) is not None:
-                num, std = spread[k]
-                rec[STATS_NAMES[k]] = {"num": num, "mean": row[k], "std": std}
-        for k, v in resources.items():
-            rec[f"Resources/{k}"] = scalar(round(v, 4))
-        rec["timestamp"] = time.time()
-        return rec
-
-    def write(self, row, spread, resources) -> None:
-        self._csv.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
-        self._csv_file.flush()
-        rec = self.record(row, spread, resources)
-        self._stats.write(json.dumps(rec) + "\n")
-        self._stats.flush()
-        if self._tb is not None:
-            for name, v in rec.items():
-                if name != "timestamp" and name != "Progress/step":
-                    self._tb.add_scalar(name, v["mean"], global_step=row["step"], walltime=rec["timestamp"])
-            self._tb.flush()
-
-    def write_metrics(self, snapshot: Optional[Path], step: int, cur_nimg: int, metrics: Dict[str, float]) -> None:
-        rec = {"snapshot": None if snapshot is None else snapshot.name, "step": step, "kimg": cur_nimg / 1000,
-               "results": {k: float(v) for k, v in metrics.items()}, "timestamp": time.time()}
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(f"Metrics/{k}", float(v), global_step=step)
-
-    def close(self) -> None:
-        self._csv_file.close()
-        self._stats.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
 # ---- the trainer -------------------------------------------------------------------------------------
@@ -555,7 +303,7 @@ class Trainer:
                 _EpochIndexed(self.dataset), batch_sampler=sampler, num_workers=self.workers,
                 pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
                 prefetch_factor=2 if self.workers > 0 else None,
-                worker_init_fn=_ignore_stop_signals if self.workers > 0 else None,
+                worker_init_fn=ignore_stop_signals if self.workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.cfg.seed))
             self._data_iter = iter(loader)
         x, c = next(self._data_iter)
@@ -563,7 +311,8 @@ class Trainer:
                 c.to(self.device, torch.float32, non_blocking=True).reshape(x.shape[0], -1))
 
     # -- one phase ---------------------------------------------------------------------------------
-    def _phase(self, module: torch.nn.Module, opt: torch.optim.Optimizer, interval: int, run) -> Dict[str, torch.Tensor]:
+    def _phase(self, module: torch.nn.Module, opt: torch.optim.Optimizer, interval: int,
+               run) -> Dict[str, torch.Tensor]:
         """One phase: run(local_slice, global_slice, gain) per round, gradients summed round by round
         and over ranks, divided by rounds·ranks, sanitised, one optimizer step.
 
@@ -642,80 +391,35 @@ class Trainer:
         return stats
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _gather_rng(self) -> List[Tuple[Dict[str, torch.Tensor], Dict[str, object]]]:
-        mine = _global_rng_state(self.device)
-        mine = ({k: v.cpu() for k, v in mine[0].items()}, mine[1])
-        if self.env.world_size == 1:
-            return [mine]
-        out = [None] * self.env.world_size
-        dist.all_gather_object(out, mine)                             # sync point across ranks
-        return out
-
     def save(self, path) -> Optional[Path]:
         """Collective: every rank calls it; rank 0 writes G, D, G_ema, both optimizers, every RNG state
-        and the step (our safetensors format, digan.checkpoint)."""
-        rng_states = self._gather_rng()
+        and the step (our safetensors format, digan.checkpoint.training_state)."""
+        rng_states = gather_global_rng_states(self.device, self.env.world_size)
         self._last_snapshot_step = self.step_idx
         if not self.env.is_main:
             return None
-        from ..checkpoint import save_training
-
-        tensors: Dict[str, torch.Tensor] = {}
-        meta: Dict[str, str] = {}
-        for name, opt in (("opt_G", self.opt_G), ("opt_D", self.opt_D)):
-            sd = opt.state_dict()
-            for idx, state in sd["state"].items():
-                for k, v in state.items():
-                    tensors[f"{name}.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-            meta[f"{name}.param_groups"] = json.dumps(sd["param_groups"])
-        tensors["rng.train"] = self.rng.get_state()
-        for r, (ts, m) in enumerate(rng_states):
-            for k, v in ts.items():
-                tensors[f"rng.rank{r}.{k}"] = v
-            meta[f"rng.rank{r}"] = json.dumps(m)
-        meta.update({
-            "train.step": str(self.step_idx), "train.cur_nimg": str(self.cur_nimg),
-            "train.elapsed": repr(self.elapsed_total()), "train.world_size": str(self.env.world_size),
-            "train.config": self.cfg.to_json(),
-            # the sampler position is a function of the step (global batch s = positions s·B ..);
-            # written out for readers: next clip position, its epoch
-            "train.data_position": str(self.step_idx * self.cfg.batch),
-            "train.data_epoch": str(self.step_idx * self.cfg.batch // max(len(self.dataset), 1)),
-        })
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written atomically by save_training; G and D configs go in its g_config / d_config metadata
-        return save_training(path, G=self.G, D=self.D, G_ema=self.G_ema, extra_tensors=tensors, extra_metadata=meta)
+        progress = TrainingProgress(
+            step=self.step_idx, cur_nimg=self.cur_nimg, elapsed=self.elapsed_total(),
+            world_size=self.env.world_size, config=self.cfg.to_json(),
+            # the sampler position is a function of the step (global batch s = positions s·B ..)
+            data_position=self.step_idx * self.cfg.batch,
+            data_epoch=self.step_idx * self.cfg.batch // max(len(self.dataset), 1))
+        return save_training_state(path, G=self.G, D=self.D, G_ema=self.G_ema, optimizers=self._optimizers(),
+                                   train_rng=self.rng, rank_rng_states=rng_states, progress=progress)
 
     def load(self, path) -> None:
         """Restores everything `save` wrote; the next step continues exactly where the saved run stood."""
-        from ..checkpoint import load_training
-
-        ckpt = load_training(path)
-        meta, tensors = ckpt.metadata, ckpt.extra_tensors
-        if "train.step" not in meta or ckpt.G is None or ckpt.D is None or ckpt.G_ema is None:
-            raise ValueError(f"{path} is not a training snapshot of `digan train` (no train.step or networks)")
-        for module, saved in ((self.G, ckpt.G), (self.D, ckpt.D), (self.G_ema, ckpt.G_ema)):
-            if saved.cfg != module.cfg:
-                raise ValueError(f"{path}: the snapshot's {type(module).__name__} config differs from this run's")
-            module.load_state_dict(saved.state_dict(), strict=True)
-        for name, opt in (("opt_G", self.opt_G), ("opt_D", self.opt_D)):
-            state: Dict[int, Dict[str, torch.Tensor]] = {}
-            for k, v in tensors.items():
-                if k.startswith(name + "."):
-                    _, idx, field = k.split(".", 2)
-                    state.setdefault(int(idx), {})[field] = v
-            opt.load_state_dict({"state": state, "param_groups": json.loads(meta[f"{name}.param_groups"])})
-        self.rng.set_state(tensors["rng.train"])
-        r = self.env.rank
-        if f"rng.rank{r}" in meta and int(meta.get("train.world_size", "1")) == self.env.world_size:
-            ts = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rng.rank{r}.")}
-            _set_global_rng_state(ts, json.loads(meta[f"rng.rank{r}"]), self.device)
-        self.step_idx = int(meta["train.step"])
-        self.cur_nimg = int(meta["train.cur_nimg"])
-        self.elapsed = float(meta.get("train.elapsed", "0"))
+        progress = load_training_state(path, G=self.G, D=self.D, G_ema=self.G_ema, optimizers=self._optimizers(),
+                                       train_rng=self.rng, rank=self.env.rank, world_size=self.env.world_size,
+                                       device=self.device)
+        self.step_idx = progress.step
+        self.cur_nimg = progress.cur_nimg
+        self.elapsed = progress.elapsed
         self._data_iter = None   # the sampler restarts at the restored step
         self._last_snapshot_step = self.step_idx
+
+    def _optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D}   # the names are the snapshot's tensor prefixes
 
     def elapsed_total(self) -> float:
         return self.elapsed + (time.time() - self._t_start if getattr(self, "_t_start", None) else 0.0)
@@ -740,11 +444,11 @@ class Trainer:
 
         out = Path(out_dir) if out_dir is not None else None
         main = self.env.is_main and out is not None
-        writers = _ReportWriters(out, self.step_idx, tensorboard) if main else None
+        writers = ReportWriters(out, self.step_idx, tensorboard) if main else None
         grid = self._preview_latents(preview_videos) if (main and preview_every) else None
         if main and preview_every and self.step_idx == 0:
             self._write_reals(out / "previews" / "reals.png", preview_videos, preview_frames)
-        self_signal = _self_signal_plan() if self.env.is_main else None
+        self_signal = self_signal_plan() if self.env.is_main else None
         rows: List[Dict[str, float]] = []
         self._t_start = time.time()
         start_step = self.step_idx
@@ -760,7 +464,7 @@ class Trainer:
 
         stopped = 0
         try:
-            with _StopSignals() as signals:
+            with StopSignals() as signals:
                 while self.step_idx < total_steps:
                     stats = self.step()
                     bar.update(1)
@@ -778,7 +482,7 @@ class Trainer:
                             t_mark, n_mark = time.time(), self.step_idx
                         rows.append(row)
                         if self.env.is_main:
-                            say(self._format_row(row))
+                            say(format_row(row))
                             bar.set_postfix_str(f"kimg {row['kimg']:.3f}", refresh=False)
                             if writers is not None:
                                 writers.write(row, spread, self._resources())
@@ -860,16 +564,6 @@ class Trainer:
             rate = (self.step_idx - n_mark) * self.cfg.batch / max(time.time() - t_mark, 1e-9)
             row["clips_per_s"], row["sec_per_kimg"] = round(rate, 3), round(1000 / rate, 3)
         return row, spread
-
-    @staticmethod
-    def _format_row(row) -> str:
-        parts = [f"step {row['step']:<7d} kimg {row['kimg']:<9.3f} time {row['time_s']:<9.1f}"]
-        for k in LOSS_KEYS:
-            if row.get(k) is not None:
-                parts.append(f"{k} {row[k]:.4f}")
-        if row.get("clips_per_s") is not None:
-            parts.append(f"clips/s {row['clips_per_s']:.1f} sec/kimg {row['sec_per_kimg']:.1f}")
-        return "  ".join(parts)
 
     def _preview_latents(self, n: int):
         g = torch.Generator().manual_seed(_mix_seed(self.cfg.seed, 0x9E))
