@@ -16,7 +16,7 @@ $(error PY=$(PY) is not a working Python interpreter)
 endif
 STAMP := build/.deps-stamp-$(PY_ID)
 
-.PHONY: deps render test test-fast lint bench clean
+.PHONY: deps render test test-fast lint bench plots bench-sweep clean
 
 $(STAMP): $(REQUIREMENTS) setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h) Makefile
 	@if command -v apt-get >/dev/null && ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
@@ -43,8 +43,28 @@ test-fast: deps
 lint: deps
 	$(PY) -m ruff check .
 
+# CPU-sized benchmarks (pytest-benchmark, bench/test_bench_*.py; a few minutes on 2 idle cores):
+# pytest-benchmark's table per group, then a ratio table (x eager / x baseline, frames/s, GFLOP/s,
+# GB/s). Results go to $(BENCH_OUT) as bench-<date>-<rev>.csv and .json (every row: device, date,
+# git revision); build/ is outside the source tree. `make bench BENCH_OUT=` writes none;
+# BENCH_ARGS passes pytest flags, e.g. BENCH_ARGS="-k engine" or "--benchmark-json=out.json".
+# The scripts print the same way and take --csv FILE / --json FILE (python bench/bench_render.py
+# --help); only their --write touches the source tree (bench/results/, bench/RESULTS.md).
+BENCH_OUT ?= build/bench
 bench: deps
-	$(PY) -m pytest -q bench/ --benchmark-only --benchmark-enable
+	$(PY) -m pytest -q bench/ --benchmark-only --benchmark-enable $(if $(BENCH_OUT),--bench-out $(BENCH_OUT)) $(BENCH_ARGS)
+
+# The README's plots from the rows in bench/results/*.jsonl (matplotlib, seconds):
+# docs/bench_render_<device>.png (frames/s vs resolution and vs frames) and
+# docs/bench_kernels_<device>.png (GFLOP/s or TFLOP/s, GB/s per op vs shape).
+# `make bench-sweep` first measures new rows on this machine (CPU: ~5 min idle) and appends them.
+plots: deps
+	$(PY) bench/plot.py
+
+bench-sweep: deps
+	$(PY) bench/bench_render.py --sweep --reps 1 --write
+	$(PY) bench/bench_kernels.py --sweep --write
+	$(PY) bench/plot.py
 
 .PHONY: compile-check gpu-check
 # Compile every Triton kernel variant the launchers launch, for sm_90 and sm_80, without a GPU

@@ -4,6 +4,7 @@ of the real model, side by side in one process.
     python bench/bench_kernels.py --write              # CUDA: triton vs unfused torch, full sweep, saved
     python bench/bench_kernels.py --ops conv,split --precisions bf16 --rows 1x1024x1024
     python bench/bench_kernels.py --quick              # short sweep, print only (CPU default)
+    python bench/bench_kernels.py --sweep --json k.json # the README plot's row sweep, saved as JSON
 
 One section per op; shapes come from the generator preset (digan-128: C 512 / 256, E 128 so
 2E = 256, rank 10):
@@ -18,10 +19,11 @@ One section per op; shapes come from the generator preset (digan-128: C 512 / 25
 Backends (--backends): 'triton' (CUDA; CPU only under TRITON_INTERPRET=1, where the times mean
 nothing), 'torch' (our op's torch backend, the CPU product path) and 'unfused' (what one writes in
 plain PyTorch: the embedding materialised with torch.sin/cos, torch.mm, the parent rows gathered
-by index_select, then one op per epilogue step, in fp32 like ours). Each case is compared with its baseline, timed in the same
-run: 'unfused' for the fmm_linear sections; for modulate, to_uint8 and yuv420 the torch backend IS
-the plain formula, so it is the baseline there. Without CUDA only the torch backend and the unfused
-equivalent run, at reduced sizes (--quick is the default on CPU; --full for the model's sizes).
+by index_select, then one op per epilogue step, in fp32 like ours). Each case is compared with its
+baseline, timed in the same run: 'unfused' for the fmm_linear sections; for modulate, to_uint8 and
+yuv420 the torch backend IS the plain formula, so it is the baseline there. Without CUDA only the
+torch backend and the unfused equivalent run, at reduced sizes (--quick is the default on CPU;
+--full for the model's sizes).
 
 Rows are given as FxHxW (frames x tile rows x tile columns): M = F*H*W rows, 16384 per 128^2
 frame, 1M per 1024^2 frame. Split conv0 and ToRGB read a parent tile (F, H/2, W/2) by index.
@@ -30,11 +32,17 @@ Units: TFLOP/s counts GEMM FLOPs only (2 M K N; not the sin/cos or the epilogue;
 its L @ R, 2 B Cout Cin r); GB/s counts every tensor the op must read or write, once (indices
 included).
 frac_of_peak = rate / the peak measured once per run (the best large-matmul rate over the
-precisions, so it stays <= 1, or a large device copy for GB/s); roofline = max(FLOPs / matmul peak, bytes / copy rate) / time.
+precisions, so it stays <= 1, or a large device copy for GB/s);
+roofline = max(FLOPs / matmul peak, bytes / copy rate) / time.
 Timing: triton.testing.do_bench (median, p20, p80; L2 flushed) on CUDA; on CPU one warm-up call,
 then the median of repeated calls (on a shared CPU, --threads 1 gives steadier numbers). With
 --write it appends JSON rows (device, date, git revision) to bench/results/kernels.jsonl and
-rewrites the kernels-{gpu,cpu} block of bench/RESULTS.md; without, it only prints.
+rewrites the kernels-{gpu,cpu} block of bench/RESULTS.md (kernels-{gpu,cpu}-sweep with --sweep);
+without, it only prints; --csv FILE / --json FILE save the rows anywhere (bench/export.py).
+--sweep: rows of 16^2 .. 128^2 tiles on CPU (16K .. 1M rows on GPU), B = 1, 8 for modulate: the
+rates against the shape that bench/plot.py draws (~2 min on 2 idle CPU cores).
+On a CPU without native bf16 matmul (engine/precision.py) bf16 is left out unless asked for: the
+engine renders fp32 there, and bf16 matmuls ran ~70x slower than fp32.
 """
 from __future__ import annotations
 
@@ -59,8 +67,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.envinfo import device_name, git_rev  # noqa: E402
+from bench.export import write_rows  # noqa: E402
 from bench.results_md import replace_block  # noqa: E402
 from digan.config import generator_preset  # noqa: E402
+from engine.precision import cpu_bf16_support  # noqa: E402
 from kernels import SQRT2, fmm_linear, fmm_modulate, nearest_index, rgb_to_yuv420, to_uint8  # noqa: E402
 from kernels._common import PRECISIONS, interpreter_enabled, triton_available  # noqa: E402
 
@@ -83,6 +93,10 @@ CPU_QUICK_ROWS = ("1x64x64",)                           # one 64^2 frame: 4K row
 GPU_VIDEOS, CPU_VIDEOS, QUICK_VIDEOS = (1, 8), (1, 8), (1,)
 GPU_BACKENDS, CPU_BACKENDS = ("triton", "unfused"), ("torch", "unfused")
 GPU_PRECISIONS, CPU_PRECISIONS = PRECISIONS, ("fp32", "bf16")   # CPU has no TF32
+# --sweep: the plot's shapes, rows from one tile of the b4..b32 level to a whole frame.
+GPU_SWEEP_ROWS = ("1x128x128", "4x128x128", "16x128x128", "1x1024x1024")   # 16K .. 1M rows
+CPU_SWEEP_ROWS = ("1x16x16", "1x32x32", "1x64x64", "1x128x128")           # 256 .. 16K rows
+SWEEP_VIDEOS = (1, 8)
 
 
 # ---- environment --------------------------------------------------------------------------------
@@ -156,18 +170,22 @@ def measure_peaks(device: torch.device, quick: bool) -> Peaks:
             matmul[p] = matmul["fp32"]
             notes.append("CPU has no TF32: tf32 rows use the fp32 peak")
             continue
+        if p == "bf16" and not cuda and not cpu_bf16_support()[0]:
+            # Seconds of a ~70x slower matmul that could never be the best rate (the peak is the max).
+            notes.append("no native bf16 on this CPU: bf16 matmul not measured")
+            continue
         dtype = torch.bfloat16 if p == "bf16" else torch.float32
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         c = torch.empty(n, n, device=device, dtype=dtype)
         with matmul_mode(device, p):
-            ms = time_ms(lambda: torch.mm(a, b, out=c), device, quick)[1]   # p20: the best rate
+            ms = time_ms(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), device, quick)[1]   # p20: the best rate
         matmul[p] = 2 * n ** 3 / (ms * 1e-3)
         del a, b, c
     nbytes = (1 << 30) if cuda else ((64 << 20) if quick else (256 << 20))
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device, quick)[1]
+    ms = time_ms(lambda src=src, dst=dst: dst.copy_(src), device, quick)[1]
     del src, dst
     notes.append(f"matmul {n}^3, copy {nbytes >> 20} MiB")
     return Peaks(matmul, 2 * nbytes / (ms * 1e-3), notes)
@@ -500,16 +518,23 @@ def run(args) -> Tuple[List[dict], dict]:
     for o in ops:
         if o not in OPS:
             raise SystemExit(f"unknown op {o!r}; ops: {', '.join(OPS)}")
-    rows_specs = (args.rows.split(",") if args.rows else
-                  (GPU_QUICK_ROWS if quick else GPU_ROWS) if cuda else (CPU_QUICK_ROWS if quick else CPU_ROWS))
+    sweep = getattr(args, "sweep", False)    # gpu_check builds its own Namespace without it
+    if sweep:
+        default_rows = GPU_SWEEP_ROWS if cuda else CPU_SWEEP_ROWS
+    else:
+        default_rows = (GPU_QUICK_ROWS if quick else GPU_ROWS) if cuda else (CPU_QUICK_ROWS if quick else CPU_ROWS)
+    rows_specs = args.rows.split(",") if args.rows else default_rows
     for spec in rows_specs:
         try:
             parse_rows(spec)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-    videos = ([int(v) for v in args.videos.split(",")] if args.videos else
+    videos = ([int(v) for v in args.videos.split(",")] if args.videos else SWEEP_VIDEOS if sweep else
               QUICK_VIDEOS if quick else GPU_VIDEOS if cuda else CPU_VIDEOS)
     precisions = args.precisions.split(",") if args.precisions else (GPU_PRECISIONS if cuda else CPU_PRECISIONS)
+    if not args.precisions and not cuda and not cpu_bf16_support()[0]:
+        precisions = [p for p in precisions if p != "bf16"]
+        print(f"bf16 left out: {cpu_bf16_support()[1]} (--precisions fp32,bf16 runs it anyway)", flush=True)
     backends = args.backends.split(",") if args.backends else (GPU_BACKENDS if cuda else CPU_BACKENDS)
     for p in precisions:
         if p not in PRECISIONS:
@@ -548,8 +573,9 @@ def run(args) -> Tuple[List[dict], dict]:
                 + f", copy {peaks.copy / 1e9:.3g} GB/s")
     print(f"measured peaks: {peak_txt} ({'; '.join(peaks.notes)})", flush=True)
     meta = dict(device=name, cuda=cuda, date=date, rev=rev, dirty=dirty, quick=quick, peaks=peak_txt,
-                command="python bench/bench_kernels.py" + "".join(f" {a}" for a in sys.argv[1:]))
-    base_row = dict(device=name, date=date, rev=rev, dirty=dirty, torch=torch.__version__,
+                sweep=sweep, command="python bench/bench_kernels.py" + "".join(f" {a}" for a in sys.argv[1:]))
+    base_row = dict(device=name, device_kind="gpu" if cuda else "cpu", date=date, rev=rev, dirty=dirty,
+                    torch=torch.__version__,
                     triton=triton_version, preset=args.preset, quick=quick, load_avg=load,
                     peak_tflops={p: v / 1e12 for p, v in peaks.matmul.items()}, peak_gbs=peaks.copy / 1e9)
     rows = []
@@ -601,12 +627,13 @@ def write_results(rows: List[dict], meta: dict, jsonl: Path = REPO / "bench" / "
         for r in rows:
             f.write(json.dumps(r) + "\n")
     kind = "gpu" if meta["cuda"] else "cpu"
-    begin, end = f"<!-- kernels-{kind}:begin -->", f"<!-- kernels-{kind}:end -->"
+    block = f"kernels-{kind}" + ("-sweep" if meta.get("sweep") else "")
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     rev = meta["rev"] + ("+dirty" if meta["dirty"] else "")
     body = (f"_{meta['date']} rev {rev}, {meta['device']}, `{meta['command']}`"
             + (" (quick: reduced sizes)" if meta["quick"] else "") + f"_\n\nMeasured peaks: {meta['peaks']}.\n\n"
             + markdown_table(rows))
-    title = "GPU" if kind == "gpu" else "CPU"
+    title = ("GPU" if kind == "gpu" else "CPU") + (", sweep for the README's plot" if meta.get("sweep") else "")
     replace_block(md, begin, end, body,
                   f"## Kernel microbenchmarks ({title}, `python bench/bench_kernels.py`)\n\n"
                   "Each op of `kernels/` against its plain-PyTorch equivalent at the model's shapes; rate in "
@@ -629,12 +656,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     size.add_argument("--quick", action="store_true", help="reduced sizes, shorter timing (default on CPU)")
     size.add_argument("--full", action="store_true", help="the model's sizes even on CPU")
     p.add_argument("--check", action="store_true", help="also report max |difference| from the baseline")
+    p.add_argument("--sweep", action="store_true",
+                   help=f"the plot's rows (CPU {','.join(CPU_SWEEP_ROWS)}; GPU {','.join(GPU_SWEEP_ROWS)}), B 1,8")
+    p.add_argument("--csv", type=Path, default=None, help="also save the rows (device, date, revision) as CSV")
+    p.add_argument("--json", type=Path, default=None, help="also save the rows (device, date, revision) as JSON")
     p.add_argument("--write", action="store_true",
                    help="append to bench/results/kernels.jsonl and rewrite the block in bench/RESULTS.md "
                         "(default: print only; the source tree is left alone)")
     p.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old default
     args = p.parse_args(argv)
     rows, meta = run(args)
+    for path in write_rows(rows, args.csv, args.json, meta):
+        print(f"wrote {path}")
     if args.write and rows:
         write_results(rows, meta)
 

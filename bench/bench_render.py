@@ -2,14 +2,22 @@
 
     python bench/bench_render.py                 # GPU if present, else the CPU subset
     python bench/bench_render.py --sizes 128x16x1 --modes eager,engine-fp32,engine-bf16 --write
+    python bench/bench_render.py --sweep --csv out.csv --json out.json   # the plots' sweep, saved
 
 Per size (side x frames x videos) and mode it reports frames/s, the speedup over the eager fp32
 reference measured in the same run, MFU (FLOPs the mode really executes / the bf16 matmul rate
 measured on this device in this run), peak GPU memory (or host RSS growth on CPU), and the
 PSNR of bf16 uint8 frames against fp32 ones. With --write it appends JSON rows (device, date, git
 revision) to bench/results/render.jsonl and rewrites the table between markers in bench/RESULTS.md;
-without, it only prints. MFU divides by the best matmul rate measured over the dtypes (<= 1).
+without, it only prints; --csv FILE / --json FILE save the rows anywhere (bench/export.py).
+MFU divides by the best matmul rate measured over the dtypes (<= 1).
 Timing: median of `--reps` runs after one warm-up, with device synchronisation.
+
+--sweep: the sizes of the README's plot (bench/plot.py), frames/s against the output side at a
+fixed number of frames and against the number of frames at a fixed side (on CPU: 32..256 at 4
+frames, 1..32 frames at 64^2, eager and engine fp32: ~2 min on 2 idle cores with --reps 1). engine-bf16 runs
+only where bf16 is native (GPUs; CPUs with avx512_bf16 / amx_bf16, engine/precision.py): elsewhere
+the Renderer would render fp32 under a bf16 label, so the row is skipped with the reason.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -28,14 +37,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.envinfo import device_name, git_rev  # noqa: E402
+from bench.export import write_rows  # noqa: E402
+from bench.results_md import replace_block  # noqa: E402
 from digan.default import untrained_generator  # noqa: E402
 from digan.view import View  # noqa: E402
-from engine.renderer import Renderer  # noqa: E402
 from engine.flops import frame_work  # noqa: E402
+from engine.precision import cpu_bf16_support  # noqa: E402
+from engine.renderer import Renderer  # noqa: E402
 from engine.request import RenderRequest  # noqa: E402
 
 GPU_SIZES = ["128x16x1", "128x16x8", "512x64x1", "1024x256x1"]
 CPU_SIZES = ["128x16x1"]
+# Resolution at a fixed frame count, then frame counts at a fixed side (sizes shared by both are
+# measured once). Sides below 128 are centred crops of the 128^2 frame, 256 is 2x super-resolution.
+GPU_SWEEP = ["128x16x1", "256x16x1", "512x16x1", "1024x16x1", "128x1x1", "128x64x1", "128x256x1"]
+CPU_SWEEP = ["32x4x1", "64x4x1", "128x4x1", "256x4x1", "64x1x1", "64x16x1", "64x32x1"]
 GPU_MODES = ["eager", "compile-bf16", "engine-fp32", "engine-tf32", "engine-bf16"]
 CPU_MODES = ["eager", "engine-fp32", "engine-bf16"]
 
@@ -75,8 +91,11 @@ def matmul_rate(device, dtype=torch.bfloat16, tf32: bool = False) -> float:
 def matmul_peak(device) -> tuple:
     """(peak FLOP/s, {dtype: FLOP/s}): the best dense matmul rate measured on this device in this
     run, over bf16, fp32 (and tf32 on CUDA). MFU divides by the best one, so it stays <= 1 on a
-    CPU without native bf16 (where bf16 ran 70x slower than fp32 and MFU against it read 105)."""
-    rates = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}
+    CPU without native bf16 (where bf16 ran 70x slower than fp32 and MFU against it read 105). There
+    bf16 is not measured at all: its 1024^3 matmul alone took seconds and could never be the best."""
+    rates = {"fp32": matmul_rate(device, torch.float32)}
+    if device.type != "cpu" or cpu_bf16_support()[0]:
+        rates["bf16"] = matmul_rate(device, torch.bfloat16)
     if device.type == "cuda":
         rates["tf32"] = matmul_rate(device, torch.float32, tf32=True)
     return max(rates.values()), rates
@@ -124,8 +143,13 @@ def psnr_u8(a: torch.Tensor, b: torch.Tensor) -> float:
 def run(args) -> list:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
-    sizes = args.sizes.split(",") if args.sizes else (GPU_SIZES if gpu else CPU_SIZES)
+    sweep = GPU_SWEEP if gpu else CPU_SWEEP
+    sizes = args.sizes.split(",") if args.sizes else (sweep if getattr(args, "sweep", False) else
+                                                   GPU_SIZES if gpu else CPU_SIZES)
     modes = args.modes.split(",") if args.modes else (GPU_MODES if gpu else CPU_MODES)
+    if not args.modes and not gpu and "engine-bf16" in modes and not cpu_bf16_support()[0]:
+        modes = [m for m in modes if m != "engine-bf16"]
+        print(f"engine-bf16 skipped: {cpu_bf16_support()[1]} (a bf16 request renders fp32 there)", flush=True)
     G = untrained_generator().to(device)
     cfg = G.cfg
     peak, rates = matmul_peak(device)
@@ -143,8 +167,9 @@ def run(args) -> list:
         ref_fps = None
         u8 = {}
         for mode in modes:
-            row = dict(size=size, mode=mode, device=name, date=dt.datetime.now().isoformat(timespec="seconds"),
-                       rev=rev, torch=torch.__version__)
+            row = dict(size=size, mode=mode, device=name, device_kind="gpu" if gpu else "cpu",
+                       date=dt.datetime.now().isoformat(timespec="seconds"), rev=rev, torch=torch.__version__,
+                       load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
             try:
                 fn, flops_per_frame, grab = make_runner(G, mode, view, frames, videos, device, args.budget)
             except RuntimeError as exc:
@@ -185,7 +210,8 @@ def run(args) -> list:
             print(f"{size:>11} bf16 vs fp32 uint8 PSNR: {p:.1f} dB", flush=True)
         compile_fps = {r["mode"]: r.get("fps") for r in rows if r["size"] == size}
         if compile_fps.get("compile-bf16") and compile_fps.get("engine-bf16"):
-            print(f"{size:>11} engine-bf16 / compile-bf16: {compile_fps['engine-bf16'] / compile_fps['compile-bf16']:.2f}x")
+            ratio = compile_fps["engine-bf16"] / compile_fps["compile-bf16"]
+            print(f"{size:>11} engine-bf16 / compile-bf16: {ratio:.2f}x")
     return rows
 
 
@@ -238,6 +264,8 @@ def make_runner(G, mode, view, frames, videos, device, budget):
                         syn(ws[v:v + 1], t, zm[v:v + 1], view=view)
         return fn, 2 * work.macs_unsplit, None
     precision = mode.split("-")[1]
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_support()[0]:
+        raise RuntimeError(f"skipped: {cpu_bf16_support()[1]} (the engine would render fp32)")
     req = RenderRequest(seeds=list(range(videos)), frames=frames, view=view, precision=precision,
                         memory_budget=budget, device=str(device))
     r = Renderer(G, req)
@@ -253,10 +281,13 @@ def make_runner(G, mode, view, frames, videos, device, budget):
     return fn, 2 * work.macs, (lambda: last["frame"])
 
 
-def write_results(rows: list, curve: list = ()) -> None:
-    out_dir = REPO / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "render.jsonl", "a") as f:
+def write_results(rows: list, curve: list = (), block: str = "render", command: str = "python bench/bench_render.py",
+                  md: Path = REPO / "bench" / "RESULTS.md", jsonl: Path = REPO / "bench" / "results" / "render.jsonl"
+                  ) -> None:
+    """Append the rows to `jsonl`; rewrite the <block>-{gpu,cpu} table of `md` (the sweep has its own
+    block, render-cpu-sweep / render-gpu-sweep)."""
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with open(jsonl, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     mem = "peak GPU mem (MiB)" if any("nvidia" in str(r.get("device", "")).lower() for r in rows) \
@@ -273,24 +304,23 @@ def write_results(rows: list, curve: list = ()) -> None:
                      f"{r.get('speedup_vs_eager', float('nan')):.2f} | {r['mfu']:.3f} | {mem_txt} | "
                      f"{'' if psnr is None else f'{psnr:.1f}'} |")
     table = "\n".join(lines)
-    path = REPO / "bench" / "RESULTS.md"
     kind = "gpu" if any("cuda" in str(r.get("device", "")).lower() or "nvidia" in str(r.get("device", "")).lower()
                         for r in rows) else "cpu"
-    begin, end = f"<!-- render-{kind}:begin -->", f"<!-- render-{kind}:end -->"
-    text = path.read_text() if path.exists() else ""
+    begin, end = f"<!-- {block}-{kind}:begin -->", f"<!-- {block}-{kind}:end -->"
     if curve:
         table += ("\n\nMemory curve (each render in a fresh process, default 2 GiB budget, fp32): "
                   + ", ".join(f"{c['frames']} frames → peak RSS {c['peak_mib']:.0f} MiB "
                               f"(+{c['growth_mib']:.0f} MiB while rendering)" for c in curve) + ".")
-    block = f"{begin}\n_{rows[0]['date']} rev {rows[0]['rev']}, `python bench/bench_render.py`_\n\n{table}\n{end}"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    body = f"_{rows[0]['date']} rev {rows[0]['rev']}, {rows[0]['device']}, `{command}`_\n\n{table}"
+    title = "sweep for the README's plot" if block.endswith("sweep") else "engine vs eager"
+    replace_block(md, begin, end, body, f"## Render {kind.upper()} ({title}, `{command}`)\n\n")
 
 
-def main():
+def _command(argv=None) -> str:
+    return "python bench/bench_render.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=None, help="comma list of SIDExFRAMESxVIDEOS")
     p.add_argument("--modes", default=None, help=f"comma list of {GPU_MODES}")
@@ -302,11 +332,17 @@ def main():
                         "(default: print only; the source tree is left alone)")
     p.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old default
     p.add_argument("--memory-curve", action="store_true", help="CPU: peak RSS of 16/64/256-frame renders")
-    args = p.parse_args()
+    p.add_argument("--sweep", action="store_true",
+                   help=f"the plot's sizes (CPU {','.join(CPU_SWEEP)}; GPU {','.join(GPU_SWEEP)})")
+    p.add_argument("--csv", type=Path, default=None, help="also save the rows (device, date, revision) as CSV")
+    p.add_argument("--json", type=Path, default=None, help="also save the rows (device, date, revision) as JSON")
+    args = p.parse_args(argv)
     rows = run(args)
     curve = memory_curve() if args.memory_curve else []
+    for path in write_rows(rows, args.csv, args.json, dict(command=_command(argv), memory_curve=list(curve))):
+        print(f"wrote {path}")
     if args.write and rows:
-        write_results(rows, curve)
+        write_results(rows, curve, block="render-sweep" if args.sweep else "render", command=_command(argv))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,17 @@ which also has the sweeps, TFLOP/s / GB/s, fractions of the measured peaks and t
 table. Here: on CPU one small shape (a 32x32 tile, 1024 rows; B = 1 video for modulate) with our
 torch backend and, for the fmm_linear ops, the unfused torch equivalent; with CUDA the model's
 full shapes (a 16-frame 128^2 tile and a 1024^2 frame; B = 8 videos) with the Triton backend and
-the unfused baseline. CUDA cases skip elsewhere. Each benchmark's FLOPs and bytes go to
-`extra_info` (saved by --benchmark-json), and its group names the shape, so a case's rows sit
-together. Nothing runs at import; no timing assertions.
+the unfused baseline. CUDA cases skip elsewhere, and CPU bf16 cases on a CPU without native
+bf16 matmul (engine/precision.py: the engine renders fp32 there; bf16 matmuls ran ~70x slower).
+Each benchmark's FLOPs and bytes go to `extra_info` (saved by --benchmark-json and bench/conftest's
+--bench-out), and its group names the shape, so a case's rows sit together (bench/conftest.py
+prints their ratios). Nothing runs at import; no timing assertions.
 """
 import pytest
 import torch
 
 from bench.bench_kernels import make_cases, matmul_mode, sync
+from engine.precision import cpu_bf16_support
 from kernels._common import triton_available
 
 CPU_ROWS = "1x32x32"                        # one 32x32 tile: the b4..b32 level of digan-128
@@ -45,13 +48,17 @@ def _bench(benchmark, op: str, device: str, backend: str, size: str, precision: 
         pytest.skip("needs CUDA")
     if backend == "triton" and not triton_available():
         pytest.skip("triton does not import")
+    if device == "cpu" and precision == "bf16":
+        native, why = cpu_bf16_support()
+        if not native:
+            pytest.skip(f"bf16: {why} (the product never runs bf16 there)")
     dev = torch.device(device)
     sizes = dict(videos=(int(size[1:]),)) if op == "modulate" else dict(rows=(size,))
     # The first case of the op: the model's first layer shape of that kind (e.g. 512 -> 512).
     case = next(make_cases(op, dev, precisions=(precision,), backends=(backend,), **sizes))
     fn = case.impls[backend]
     benchmark.group = f"{op} {case.shape} {precision}"
-    benchmark.extra_info.update(op=op, shape=case.shape, precision=precision, backend=backend,
+    benchmark.extra_info.update(op=op, shape=case.shape, precision=precision, backend=backend, impl=backend,
                                 baseline=case.baseline, flops=case.flops, bytes=case.nbytes,
                                 unit=case.unit, device=device)
 
