@@ -1,0 +1,220 @@
+"""Triton kernel of the fused level (imported only by the Triton backend; see level.py for the math,
+the checks and the launcher).
+
+One CTA owns BLOCK_M rows of one frame and every channel of the level. A layer's output is
+computed in column tiles of BLOCK_N, one (BLOCK_M, BLOCK_N) fp32 accumulator at a time; the
+activation is kept in registers as a tuple of CP / BLOCK_C column chunks (split by reshapes, no
+arithmetic), BLOCK_C being the per-layer kernel's K step (kernels/linear._triton_config), so every
+output element is reduced over K in the same chunks and order as in the per-layer chain:
+    acc += h[k] @ W[tile, k-chunk]^T   for k = 0, 1, ...      (BLOCK_M, BLOCK_C) x (BLOCK_C, BLOCK_N)
+
+Launch with enable_fp_fusion=False, as the per-layer kernel (the trig-free operand and the
+epilogue are specified as separate fp32 multiplies and adds).
+"""
+import triton
+import triton.language as tl
+
+from ._common import interpreter_enabled
+from ._linear_triton import _angle_add, _mma, _round_bf16
+
+INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
+
+
+@triton.jit
+def _act_epilogue(y, b_ptr, offs_c, mask_c, gain, clamp, HAS_CLAMP: tl.constexpr):
+    """y + bias, lrelu * gain, clamp: the per-layer epilogue's op order (fp32)."""
+    y = y + tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    y = tl.where(y > 0, y, y * 0.2) * gain
+    if HAS_CLAMP:
+        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+    return y
+
+
+@triton.jit
+def _halves(x):
+    """(BM, W) -> its column halves x[:, :W/2], x[:, W/2:] (a register shuffle, no arithmetic)."""
+    BM: tl.constexpr = x.shape[0]
+    W: tl.constexpr = x.shape[1]
+    return tl.split(tl.permute(tl.reshape(x, (BM, 2, W // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _to_chunks(y, NC: tl.constexpr, ROUND_BF16: tl.constexpr, INTERPRETER: tl.constexpr):
+    """(BM, NC * BLOCK_C) fp32 activation -> tuple of its NC column chunks, rounded as the
+    per-layer store rounds them (bf16 activations: nearest even; the interpreter's casts
+    truncate, so it rounds explicitly first)."""
+    tl.static_assert(NC == 1 or NC == 2 or NC == 4 or NC == 8, "NC must be 1, 2, 4 or 8")
+    if ROUND_BF16:
+        if INTERPRETER:
+            y = _round_bf16(y).to(tl.bfloat16)
+        else:
+            y = y.to(tl.bfloat16)
+    if NC == 1:
+        out = (y,)
+    else:
+        a, b = _halves(y)
+        if NC == 2:
+            out = (a, b)
+        else:
+            a0, a1 = _halves(a)
+            b0, b1 = _halves(b)
+            if NC == 4:
+                out = (a0, a1, b0, b1)
+            else:
+                a00, a01 = _halves(a0)
+                a10, a11 = _halves(a1)
+                b00, b01 = _halves(b0)
+                b10, b11 = _halves(b1)
+                out = (a00, a01, a10, a11, b00, b01, b10, b11)
+    return out
+
+
+@triton.jit
+def _fmm_level_kernel(
+    wf_ptr,            # (F, C, 2E) conv0's folded embedding weights [W'_sin(f) | W'_cos(f)], contiguous
+    tx_ptr,            # (TW, 2E) fp32 [sin X | cos X] per tile column, contiguous
+    ty_ptr,            # (TH, 2E) fp32 [sin Y | cos Y] per tile row, contiguous
+    pre_ptr,           # (MP, C) conv0's parent part (W'_h h_parent) fp32, row stride stride_pre
+    pre_index_ptr,     # (M,) int64: row of pre read by row m (HAS_PRE_INDEX)
+    b0_ptr,            # (C,) conv0 bias
+    wc_ptr,            # (L, C, C) the following convs' weights, contiguous
+    bc_ptr,            # (L, C) their biases, contiguous
+    wr_ptr,            # (R, C) ToRGB weight, contiguous
+    br_ptr,            # (R,) ToRGB bias
+    post_ptr,          # (MQ, R) parent image (skip), row stride stride_post
+    post_index_ptr,    # (M,) int64: row of post read by row m (HAS_POST_INDEX)
+    out_ptr,           # (M, R) image fp32 or uint8, row stride stride_om
+    TH,                # int: tile rows
+    TW,                # int: tile columns
+    stride_pre,        # int
+    stride_post,       # int
+    stride_om,         # int
+    gain,              # fp32: lrelu gain of the convs
+    clamp,             # fp32: clamp of the convs (HAS_CLAMP)
+    rgb_clamp,         # fp32: clamp of the ToRGB (HAS_RGB_CLAMP)
+    C: tl.constexpr,               # channels of the level
+    CP: tl.constexpr,              # C padded to a power of 2, >= BLOCK_N
+    E: tl.constexpr,               # embedding frequencies
+    L: tl.constexpr,               # convs after conv0 (conv1 and the extra convs)
+    R: tl.constexpr,               # image channels (<= BLOCK_R)
+    HAS_PRE: tl.constexpr,         # conv0's parent part (pre_ptr), by index with HAS_PRE_INDEX
+    HAS_PRE_INDEX: tl.constexpr,
+    HAS_POST: tl.constexpr,        # the parent image (post_ptr), by index with HAS_POST_INDEX
+    HAS_POST_INDEX: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,       # clamp the convs' activations
+    HAS_RGB_CLAMP: tl.constexpr,   # clamp the ToRGB output (before the skip)
+    OUT_UINT8: tl.constexpr,       # store rint((y + 1) * 127.5) clamped to [0, 255] as uint8
+    DOT_PRECISION: tl.constexpr,   # "ieee" (fp32) or "tf32"
+    BF16_OPERANDS: tl.constexpr,   # precision 'bf16': operands and activations bf16
+    INTERPRETER: tl.constexpr,     # running in TRITON_INTERPRET (numpy) mode
+    BLOCK_M: tl.constexpr,         # rows per CTA
+    BLOCK_N: tl.constexpr,         # output column tile of conv0 and the convs (divides CP)
+    BLOCK_C: tl.constexpr,         # channel chunk = the per-layer K step of the convs and ToRGB
+    BLOCK_E: tl.constexpr,         # frequency step = the per-layer K step of the embedding GEMM
+    BLOCK_R: tl.constexpr,         # padded image channels (tl.dot needs N >= 16)
+):
+    # Channels padded to CP (a power of 2, >= BLOCK_N >= BLOCK_C); padded channels have zero
+    # weights and bias, so their activations are 0 and add nothing. A layer's output is computed
+    # in NT = CP / BLOCK_N column tiles (fewer accumulator registers), each split into
+    # BLOCK_N / BLOCK_C chunks of the activation.
+    NT: tl.constexpr = CP // BLOCK_N
+    NCT: tl.constexpr = BLOCK_N // BLOCK_C
+    # 1. Rows: program p is row block p % tiles_per_frame of frame p // tiles_per_frame (a block
+    #    lies in one frame: conv0's folded weights are per frame). int64 before pointer arithmetic.
+    pid = tl.program_id(0).to(tl.int64)
+    hw = TH * TW
+    tiles_per_frame = tl.cdiv(hw, BLOCK_M)
+    f = pid // tiles_per_frame
+    r = (pid - f * tiles_per_frame) * BLOCK_M + tl.arange(0, BLOCK_M)      # pixel in the frame
+    mask_m = r < hw
+    offs_m = f * hw + r                                                     # (BLOCK_M,) int64
+    offs_t = tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_C)
+
+    # 2. conv0 per column tile: acc (BLOCK_M, BLOCK_N) += [sin(X+Y), cos(X+Y)] chunk @ the frame's
+    #    folded weights (the per-layer kernel's step 3, the same frequency steps); then
+    #    + pre[pre_index] (the parent part of split conv0), + bias, lrelu, clamp.
+    i = tl.where(mask_m, r // TW, 0)
+    j = tl.where(mask_m, r - (r // TW) * TW, 0)
+    tx_row = tx_ptr + j[:, None] * (2 * E)                                  # (BLOCK_M, 1)
+    ty_row = ty_ptr + i[:, None] * (2 * E)
+    if HAS_PRE:
+        if HAS_PRE_INDEX:
+            p_rows = tl.load(pre_index_ptr + offs_m, mask=mask_m, other=0)
+        else:
+            p_rows = offs_m
+        p_row = pre_ptr + p_rows[:, None] * stride_pre                      # (BLOCK_M, 1)
+    h = ()
+    for t in tl.static_range(NT):
+        offs_n = t * BLOCK_N + offs_t
+        mask_n = offs_n < C
+        wf_cols = wf_ptr + f * C * (2 * E) + offs_n[None, :] * (2 * E)      # (1, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for e0 in range(0, E, BLOCK_E):
+            e = e0 + tl.arange(0, BLOCK_E)
+            mask_e = e < E
+            t_mask = mask_m[:, None] & mask_e[None, :]
+            sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)       # (BLOCK_M, BLOCK_E)
+            cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
+            cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            s, c = _angle_add(sx, cx, sy, cy)
+            w_mask = mask_e[:, None] & mask_n[None, :]
+            w_sin = tl.load(wf_cols + e[:, None], mask=w_mask, other=0.0)  # (BLOCK_E, BLOCK_N)
+            w_cos = tl.load(wf_cols + (E + e)[:, None], mask=w_mask, other=0.0)
+            acc = _mma(s, w_sin, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+            acc = _mma(c, w_cos, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+        if HAS_PRE:
+            acc = acc + tl.load(p_row + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :],
+                                other=0.0).to(tl.float32)
+        h = h + _to_chunks(_act_epilogue(acc, b0_ptr, offs_n, mask_n, gain, clamp, HAS_CLAMP), NCT,
+                           BF16_OPERANDS, INTERPRETER)
+
+    # 3. The following convs, per column tile: acc += h[k] @ W[tile, k-chunk]^T for k = 0, 1, ...
+    #    (the per-layer kernel's K steps in its order), epilogue, chunks of the new activation.
+    for layer in tl.static_range(L):
+        h_new = ()
+        for t in tl.static_range(NT):
+            offs_n = t * BLOCK_N + offs_t
+            mask_n = offs_n < C
+            w_rows = wc_ptr + layer * C * C + offs_n[None, :] * C           # (1, BLOCK_N)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k in tl.static_range(CP // BLOCK_C):
+                offs_k = k * BLOCK_C + offs_b
+                w = tl.load(w_rows + offs_k[:, None], mask=(offs_k < C)[:, None] & mask_n[None, :],
+                            other=0.0)                                      # (BLOCK_C, BLOCK_N)
+                acc = _mma(h[k], w, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+            h_new = h_new + _to_chunks(_act_epilogue(acc, bc_ptr + layer * C, offs_n, mask_n, gain,
+                                                     clamp, HAS_CLAMP), NCT, BF16_OPERANDS, INTERPRETER)
+        h = h_new
+
+    # 4. ToRGB (no activation) + clamp + the parent image by index (the skip).
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < R
+    rgb = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for k in tl.static_range(CP // BLOCK_C):
+        offs_k = k * BLOCK_C + offs_b
+        w = tl.load(wr_ptr + offs_r[None, :] * C + offs_k[:, None],
+                    mask=(offs_k < C)[:, None] & mask_r[None, :], other=0.0)          # (BLOCK_C, BLOCK_R)
+        rgb = _mma(h[k], w, rgb, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+    y = rgb + tl.load(br_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
+    if HAS_RGB_CLAMP:
+        y = tl.minimum(tl.maximum(y, -rgb_clamp), rgb_clamp)
+    mask = mask_m[:, None] & mask_r[None, :]
+    if HAS_POST:
+        if HAS_POST_INDEX:
+            q_rows = tl.load(post_index_ptr + offs_m, mask=mask_m, other=0)
+        else:
+            q_rows = offs_m
+        y = y + tl.load(post_ptr + q_rows[:, None] * stride_post + offs_r[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+
+    # 5. Masked store of the (BLOCK_M, R) image rows, cast once.
+    out = out_ptr + offs_m[:, None] * stride_om + offs_r[None, :]
+    if OUT_UINT8:
+        v = (y + 1.0) * 127.5
+        v = tl.minimum(tl.maximum(v, 0.0), 255.0)
+        v = (v + 12582912.0) - 12582912.0      # rint, half to even: 1.5 * 2^23 leaves no fraction bits
+        tl.store(out, v.to(tl.uint8), mask=mask)
+    else:
+        tl.store(out, y, mask=mask)

@@ -1,0 +1,250 @@
+"""One kernel per level: conv0 (embedding part + parent part by index) -> the following convs ->
+ToRGB + skip -> image, for a block of rows, the activations never leaving the chip (DESIGN §7).
+
+The level's layers, per row m = (f, i, j) of the tile (F frames x h rows x w columns, M = F*h*w),
+with C channels, E frequencies, L convs after conv0 (conv1 and the extra convs), R = 3 colours:
+
+    h0  = act(e[m] @ W_e^T + pre[pre_index[m]] + b0)              conv0 (split: pre = W'_h h_parent)
+    h_l = act(h_{l-1} @ W_l^T + b_l)                              l = 1..L
+    img = clamp_rgb(h_L @ W_rgb^T + b_rgb) + img_parent[img_index[m]]
+    act(y) = clamp(lrelu(y) * gain), each h rounded to the compute dtype (bf16 in 'bf16' mode)
+
+This is exactly the per-layer chain of engine/executor.render_tile for one level from conv0's
+embedding call on (`fmm_level_chain` composes those fmm_linear calls and is the spec). conv0's
+parent part W'_h h_parent stays a separate fmm_linear at the parent resolution (4x fewer rows),
+its (Mp, C) fp32 result read here by index, as the per-layer chain does.
+
+Triton kernel (kernels/_level_triton.py): a CTA owns BLOCK_M rows of one frame and all C <= 256
+channels. The activation lives in registers as C / BLOCK_C chunks of BLOCK_C channels, BLOCK_C
+being the per-layer kernel's K step (linear._triton_config, keyed on the layer shape and the
+precision only), the embedding in the per-layer kernel's frequency steps; each output element is
+reduced in the same chunks and the same order as by the per-layer kernels, its epilogue is the
+same sequence of fp32 operations, and the activations are rounded where the per-layer chain
+stores them. So the fused kernel gives the per-layer Triton chain's bits (the interpreter tests
+show it with the fixed-order dot, tests/test_kernels_level.py); only the HBM traffic is gone: per
+row it reads the tables, conv0's parent part (C values) and the parent image (R values), and
+writes R values, instead of writing and re-reading the C-wide activation L + 1 times.
+
+Tile sizes come from (C, E, precision) only, never from M: a row's bits do not depend on the tile.
+Without CUDA (or Triton) `fmm_level` runs the chain on the torch backend (the CPU path).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ._common import FLOAT_DTYPES, cdiv, check_index, check_precision, check_tensor, load_triton_module, resolve_backend
+from .linear import SQRT2, _check_fmm_linear, _triton_config, emb_tables, fmm_linear, fold_frame_weights
+
+__all__ = ["FUSED_MAX_CHANNELS", "LevelConfig", "fmm_level", "fmm_level_chain", "fmm_level_reference",
+           "fmm_level_triton", "level_config"]
+
+# Widest level the fused kernel takes: the top levels of digan-128 / digan-256 (256 / 128
+# channels). At 512 the two activations a conv needs in registers (input and output chunks) are
+# 2 x BLOCK_M x 512 fp32: past the register file at any useful BLOCK_M (python -m
+# kernels.compile_level gives the numbers at 256).
+FUSED_MAX_CHANNELS = 256
+MAX_IMG_CHANNELS = 16          # the ToRGB output is padded to one 16-wide dot tile
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    BLOCK_M: int        # rows per CTA (of one frame)
+    BLOCK_N: int        # output column tile of conv0 and the convs (fewer accumulator registers)
+    BLOCK_C: int        # channel chunk: the per-layer K step of the convs and the ToRGB
+    BLOCK_E: int        # frequency step: the per-layer K step of the embedding GEMM
+    BLOCK_R: int        # image channels padded to a dot tile
+    num_warps: int
+    num_stages: int
+
+
+def level_config(C: int, E: int, R: int, precision: str) -> LevelConfig:
+    """Launch settings from the level's shape and the precision only (never from the rows).
+
+    The K steps are the per-layer kernel's, so the reductions match it chunk for chunk. BLOCK_M
+    and the warps were chosen from the compile report (kernels/compile_level.py, C = 256, E = 128:
+    registers, spills, shared memory on sm_90 and sm_80), not by timing."""
+    conv_k = _triton_config(C, 0, C, precision)["BLOCK_K"]
+    rgb_k = _triton_config(C, 0, R, precision)["BLOCK_K"]
+    emb_k = _triton_config(0, E, C, precision)["BLOCK_K"]
+    if conv_k != rgb_k:
+        # The activation chunks are the operand of both; a per-layer config that reduced them in
+        # other steps could not be matched by one chunking.
+        raise ValueError(f"per-layer K steps differ for the convs ({conv_k}) and the ToRGB ({rgb_k}); "
+                         "the fused level needs one chunk width")
+    return LevelConfig(BLOCK_M=64, BLOCK_N=max(conv_k, min(128, _pow2(C))), BLOCK_C=conv_k, BLOCK_E=emb_k,
+                       BLOCK_R=16, num_warps=8, num_stages=1)
+
+
+def _pow2(n: int) -> int:
+    """The least power of 2 >= n."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+# ---- checks -------------------------------------------------------------------------------------
+
+def _check_number(name, v, lo_ok=None, allow_none=False):
+    if v is None and allow_none:
+        return
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or (
+            lo_ok is not None and not v >= lo_ok):
+        lim = f" >= {lo_ok}" if lo_ok is not None else ""
+        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}a finite number{lim}, got {v!r}")
+
+
+def _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add, pre_index,
+                 img, img_index, gain, clamp, rgb_clamp, out_uint8, precision):
+    """Every host check of the fused level; returns (conv0's _Dims, L, R)."""
+    check_precision(precision)
+    if not isinstance(out_uint8, bool):
+        raise ValueError(f"out_uint8 must be a bool, got {out_uint8!r}")
+    if emb_A is None or emb_b is None or xs is None or ys is None:
+        raise ValueError("the fused level needs the embedding (emb_A, emb_b, xs, ys): conv0 is "
+                         "the embedding layer of the level")
+    cdt = torch.bfloat16 if precision == "bf16" else torch.float32
+    # conv0 exactly as its per-layer call (shapes, dtypes, devices, indices, gain, clamp).
+    d = _check_fmm_linear(w_emb, None, None, emb_A, emb_b, xs, ys, pre_add, pre_index, bias0, True,
+                          gain, clamp, None, None, cdt, precision)
+    if bias0 is None:
+        raise ValueError("bias0 (conv0's bias, (C,)) is required")
+    dev, C = w_emb.device, d.N
+    check_tensor(conv_W, "conv_W", ndim=3, shape=(None, C, C), dtypes=FLOAT_DTYPES, device=dev)
+    L = conv_W.shape[0]
+    check_tensor(conv_b, "conv_b", shape=(L, C), dtypes=FLOAT_DTYPES, device=dev)
+    check_tensor(rgb_W, "rgb_W", ndim=2, shape=(None, C), dtypes=FLOAT_DTYPES, device=dev)
+    R = rgb_W.shape[0]
+    if not 1 <= R <= MAX_IMG_CHANNELS:
+        raise ValueError(f"rgb_W must have 1..{MAX_IMG_CHANNELS} rows (image channels), got {R}")
+    check_tensor(rgb_b, "rgb_b", shape=(R,), dtypes=FLOAT_DTYPES, device=dev)
+    if img_index is not None and img is None:
+        raise ValueError("img_index given without img")
+    if img is not None:
+        check_tensor(img, "img", ndim=2, shape=(None, R), dtypes=FLOAT_DTYPES, device=dev,
+                     inner_contiguous=True)
+        if img_index is None:
+            if img.shape[0] != d.M:
+                raise ValueError(f"img has {img.shape[0]} rows, expected M = {d.M} (or pass img_index)")
+        else:
+            check_index(img_index, "img_index", d.M, img.shape[0], dev, True)
+    _check_number("rgb_clamp", rgb_clamp, lo_ok=0, allow_none=True)
+    return d, L, R
+
+
+# ---- the spec: the per-layer chain --------------------------------------------------------------
+
+def fmm_level_chain(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b, xs, ys, pre_add=None,
+                    pre_index=None, img=None, img_index=None, gain=SQRT2, clamp=None, rgb_clamp=None,
+                    out_uint8=False, precision="fp32", backend="auto") -> torch.Tensor:
+    """The level as the per-layer chain of fmm_linear calls (engine/executor.render_tile's): L + 2
+    launches, each activation (M, C) written in the compute dtype and read back."""
+    _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add, pre_index,
+                 img, img_index, gain, clamp, rgb_clamp, out_uint8, precision)
+    cdt = torch.bfloat16 if precision == "bf16" else torch.float32
+    common = dict(precision=precision, backend=backend)
+    x = fmm_linear(w_emb, None, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_add=pre_add,
+                   pre_index=pre_index, bias=bias0, act=True, gain=gain, clamp=clamp, out_dtype=cdt,
+                   **common)
+    for W, b in zip(conv_W, conv_b):
+        x = fmm_linear(W, x, bias=b, act=True, gain=gain, clamp=clamp, out_dtype=cdt, **common)
+    return fmm_linear(rgb_W, x, bias=rgb_b, clamp=rgb_clamp, post_add=img, post_index=img_index,
+                      out_dtype=None if out_uint8 else torch.float32, out_uint8=out_uint8, **common)
+
+
+def fmm_level_reference(*args, **kwargs) -> torch.Tensor:
+    """The spec on the torch backend: the per-layer chain of fmm_linear's torch path."""
+    kwargs["backend"] = "torch"
+    return fmm_level_chain(*args, **kwargs)
+
+
+# ---- triton launcher ----------------------------------------------------------------------------
+
+def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b, xs, ys, pre_add=None,
+                     pre_index=None, img=None, img_index=None, gain=SQRT2, clamp=None, rgb_clamp=None,
+                     out_uint8=False, precision="fp32") -> torch.Tensor:
+    """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1): one kernel."""
+    d, L, R = _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add,
+                           pre_index, img, img_index, gain, clamp, rgb_clamp, out_uint8, precision)
+    dev = w_emb.device
+    resolve_backend("triton", dev)
+    C, E = d.N, d.E
+    if C > FUSED_MAX_CHANNELS:
+        raise ValueError(f"the fused level kernel takes at most {FUSED_MAX_CHANNELS} channels, got "
+                         f"C = {C}; run the per-layer chain (fmm_level_chain) for wider levels")
+    out = torch.empty((d.M, R), dtype=torch.uint8 if out_uint8 else torch.float32, device=dev)
+    if d.M == 0:
+        return out
+    cfg = level_config(C, E, R, precision)
+    row_tiles = d.F * cdiv(d.TH * d.TW, cfg.BLOCK_M)
+    if row_tiles > _INT32_MAX:
+        raise ValueError(f"{row_tiles} row tiles exceed the grid's 2^31 - 1")
+    # The tables and the folded conv0 weights, as the per-layer launcher makes them (same values).
+    tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b)                 # (w, 2E), (h, 2E), (F, 2E)
+    wf = fold_frame_weights(w_emb.float(), tb)                    # (F, C, 2E) contiguous
+    if precision == "bf16":
+        wf = wf.to(torch.bfloat16)
+    dummy = out  # pointer for absent operands; never read (their HAS_* flag is off)
+    mod = load_triton_module("_level_triton")
+    mod._fmm_level_kernel[(row_tiles,)](
+        wf, tx, ty,
+        dummy if pre_add is None else pre_add,
+        dummy if pre_index is None else pre_index,
+        bias0.contiguous(), conv_W.contiguous(), conv_b.contiguous(), rgb_W.contiguous(),
+        rgb_b.contiguous(),
+        dummy if img is None else img,
+        dummy if img_index is None else img_index,
+        out,
+        d.TH, d.TW,
+        pre_add.stride(0) if pre_add is not None else 0,
+        img.stride(0) if img is not None else 0,
+        out.stride(0),
+        float(gain), 0.0 if clamp is None else float(clamp),
+        0.0 if rgb_clamp is None else float(rgb_clamp),
+        C=C, CP=max(_pow2(C), cfg.BLOCK_N), E=E, L=L, R=R,
+        HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
+        HAS_CLAMP=clamp is not None, HAS_RGB_CLAMP=rgb_clamp is not None,
+        HAS_POST=img is not None, HAS_POST_INDEX=img_index is not None,
+        OUT_UINT8=out_uint8,
+        DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
+        BF16_OPERANDS=precision == "bf16",
+        INTERPRETER=mod.INTERPRETED,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_C=cfg.BLOCK_C, BLOCK_E=cfg.BLOCK_E, BLOCK_R=cfg.BLOCK_R,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        enable_fp_fusion=False,
+    )
+    return out
+
+
+# ---- dispatch -----------------------------------------------------------------------------------
+
+def fmm_level(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, conv_b: torch.Tensor,
+              rgb_W: torch.Tensor, rgb_b: torch.Tensor, *, emb_A: torch.Tensor, emb_b: torch.Tensor,
+              xs: torch.Tensor, ys: torch.Tensor, pre_add: Optional[torch.Tensor] = None,
+              pre_index: Optional[torch.Tensor] = None, img: Optional[torch.Tensor] = None,
+              img_index: Optional[torch.Tensor] = None, gain: float = SQRT2, clamp: Optional[float] = None,
+              rgb_clamp: Optional[float] = None, out_uint8: bool = False, precision: str = "fp32",
+              backend: str = "auto") -> torch.Tensor:
+    """The whole level in one kernel (see the module docstring).
+
+    w_emb (C, 2E) conv0's embedding weight [W_sin | W_cos] and bias0 (C,); conv_W (L, C, C) and
+    conv_b (L, C) the following convs; rgb_W (R, C), rgb_b (R,); the embedding emb_A (E, 2),
+    emb_b (F, E), xs (w,), ys (h,) fp32, M = F*h*w rows in (f, i, j) order; pre_add (Mp, C) fp32
+    conv0's parent part with pre_index (M,) int64; img (Mq, R) the parent image with img_index
+    (M,). Weights in the compute dtype. Returns (M, R) fp32 (the unclipped image) or uint8
+    (out_uint8=True). backend: 'auto' (Triton for CUDA tensors when available and C <= 256, else
+    the per-layer torch chain), 'triton', 'torch'."""
+    kw = dict(emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_add=pre_add, pre_index=pre_index, img=img,
+              img_index=img_index, gain=gain, clamp=clamp, rgb_clamp=rgb_clamp, out_uint8=out_uint8,
+              precision=precision)
+    args = (w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b)
+    _check_level(*args, emb_A, emb_b, xs, ys, pre_add, pre_index, img, img_index, gain, clamp, rgb_clamp,
+                 out_uint8, precision)
+    chosen = resolve_backend(backend, w_emb.device)
+    if chosen == "triton" and (backend == "triton" or w_emb.shape[0] <= FUSED_MAX_CHANNELS):
+        return fmm_level_triton(*args, **kw)
+    if chosen == "triton":   # 'auto' on a level too wide for the fused kernel: the Triton chain
+        return fmm_level_chain(*args, backend="triton", **kw)
+    return fmm_level_chain(*args, backend="torch", **kw)

@@ -1,0 +1,248 @@
+"""fmm_level (one fused kernel per level): Triton (interpreter) against the per-layer Triton chain
+(bitwise), the per-layer torch chain (the spec) and an fp64 numpy statement with a propagated
+rounding bound; tile invariance; poisoned outputs; argument checks; dispatch."""
+from tests.kernel_utils import (BACKENDS, U32, assert_bitwise_equal,  # noqa: I001
+                                assert_uint8_matches, assert_within, device_for, needs_triton,
+                                run_poisoned)
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.level import (fmm_level, fmm_level_chain, fmm_level_reference, fmm_level_triton,
+                           level_config)
+from kernels.linear import SQRT2
+
+# Interpreter-mode tl.dot is a fixed-order sum here (tests/conftest.fixed_order_dot): the tests
+# check the kernel, not the host BLAS behind numpy's matmul.
+pytestmark = pytest.mark.usefixtures("fixed_order_dot")
+
+ARGS = ("w_emb", "bias0", "conv_W", "conv_b", "rgb_W", "rgb_b")
+
+
+def make_level(seed, *, C, E, L, F, h, w, precision="fp32", pre=True, img=True, clamp=2.5,
+               rgb_clamp=1.5, R=3):
+    """Random non-zero inputs of one level call: (positional args, keyword args), CPU tensors."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)                        # noqa: E731
+    dt = torch.bfloat16 if precision == "bf16" else torch.float32
+    M = F * h * w
+    args = [(rnd(C, 2 * E) / math.sqrt(2 * E)).to(dt), rnd(C) * 0.3,
+            (rnd(L, C, C) * 1.2 / math.sqrt(C)).to(dt), rnd(L, C) * 0.3,
+            (rnd(R, C) / math.sqrt(C)).to(dt), rnd(R) * 0.2]
+    kw = dict(emb_A=rnd(E, 2) * 3.0, emb_b=rnd(F, E), xs=torch.rand(w, generator=g) * 3 - 1.5,
+              ys=torch.rand(h, generator=g) * 3 - 1.5, clamp=clamp, rgb_clamp=rgb_clamp,
+              precision=precision)
+    if pre:
+        mp = max(1, M // 4)
+        kw.update(pre_add=rnd(mp, C), pre_index=torch.randint(0, mp, (M,), generator=g))
+    if img:
+        mq = max(1, M // 4 + 1)
+        kw.update(img=rnd(mq, R) * 0.5, img_index=torch.randint(0, mq, (M,), generator=g))
+    return args, kw
+
+
+def to_device(args, kw, device):
+    mv = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v   # noqa: E731
+    return [mv(a) for a in args], {k: mv(v) for k, v in kw.items()}
+
+
+def level_fp64(args, kw, gain=SQRT2) -> torch.Tensor:
+    """fp64 numpy statement of the level (M, R): the embedding is sin/cos of the exact phase
+    A0*x + A1*y + b of the fp32 inputs, then every layer in fp64 (no rounding at all)."""
+    w_emb, b0, conv_W, conv_b, rgb_W, rgb_b = [a.double().numpy() for a in args]
+    A, b = kw["emb_A"].double().numpy(), kw["emb_b"].double().numpy()
+    xs, ys = kw["xs"].double().numpy(), kw["ys"].double().numpy()
+    F, E = b.shape
+    h, w = len(ys), len(xs)
+    f, rem = np.divmod(np.arange(F * h * w), h * w)
+    i, j = np.divmod(rem, w)
+    phase = A[None, :, 0] * xs[j][:, None] + A[None, :, 1] * ys[i][:, None] + b[f]     # (M, E)
+
+    def act(y):
+        y = np.where(y > 0, y, 0.2 * y) * gain
+        return y if kw.get("clamp") is None else np.clip(y, -kw["clamp"], kw["clamp"])
+
+    y = np.concatenate([np.sin(phase), np.cos(phase)], axis=1) @ w_emb.T + b0
+    if kw.get("pre_add") is not None:
+        y = y + kw["pre_add"].double().numpy()[kw["pre_index"].numpy()]
+    x = act(y)
+    for Wl, bl in zip(conv_W, conv_b):
+        x = act(x @ Wl.T + bl)
+    y = x @ rgb_W.T + rgb_b
+    if kw.get("rgb_clamp") is not None:
+        y = np.clip(y, -kw["rgb_clamp"], kw["rgb_clamp"])
+    if kw.get("img") is not None:
+        y = y + kw["img"].double().numpy()[kw["img_index"].numpy()]
+    return torch.from_numpy(y)
+
+
+# fp32 tolerance, relative to the output's rms: the project's fp32 parity bound (issue 11: <= 1e-5
+# against the official fixtures). A worst-case bound propagated through L + 2 layers (|W| row sums
+# times the gain per layer) is ~1e-2 here, useless; the measured error of both fused and per-layer
+# paths is 2e-7 .. 1e-6 of the rms at these shapes (a few fp32 roundings per layer), 10x below.
+TOL_FP32 = 1e-5
+# bf16: the issue's criterion for bf16 frames, uint8 PSNR against fp32 >= 40 dB (measured here
+# 55-57 dB at these shapes: each layer rounds its operands and activation to 8 significant bits).
+MIN_PSNR_BF16 = 40.0
+
+
+def to_uint8_fp64(y: torch.Tensor) -> torch.Tensor:
+    return torch.round(((y + 1) * 127.5).clamp(0, 255))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float((a.double() - b.double()).pow(2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+SHAPES = [  # (C, E, L, F, h, w): odd row counts, partial chunks, C not a power of 2, no extra conv
+    (32, 16, 2, 2, 5, 7),
+    (64, 24, 2, 3, 3, 11),
+    (48, 16, 1, 2, 9, 9),
+    (32, 8, 0, 1, 13, 5),
+]
+
+
+# ---- against the per-layer chains and the fp64 statement -----------------------------------------
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_equals_per_layer_triton_chain(shape, precision):
+    """Same K chunks in the same order, same epilogue operations, activations rounded where the
+    chain stores them: the per-layer Triton chain's bits, fp32 image and uint8 alike."""
+    C, E, L, F, h, w = shape
+    dev = device_for("triton")
+    args, kw = to_device(*make_level(C + E + L, C=C, E=E, L=L, F=F, h=h, w=w, precision=precision), dev)
+    for u8 in (False, True):
+        got = run_poisoned(lambda: fmm_level_triton(*args, out_uint8=u8, **kw))
+        want = fmm_level_chain(*args, out_uint8=u8, backend="triton", **kw)
+        assert_bitwise_equal(got, want, f"fused vs per-layer Triton chain ({precision}, uint8={u8})")
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_fused_fp32_against_fp64_and_reference(shape):
+    C, E, L, F, h, w = shape
+    args, kw = make_level(7 * C + E, C=C, E=E, L=L, F=F, h=h, w=w)
+    y64 = level_fp64(args, kw)
+    tol = TOL_FP32 * float(y64.pow(2).mean().sqrt())
+    dargs, dkw = to_device(args, kw, device_for("triton"))
+    got = run_poisoned(lambda: fmm_level_triton(*dargs, **dkw)).cpu()
+    assert_within(got, y64, tol, "fused fp32 vs fp64 statement")
+    ref = fmm_level_reference(*args, **kw)
+    assert_within(ref, y64, tol, "torch reference fp32 vs fp64 statement")
+    # Both lie within tol of the exact value, so within 2 tol of each other.
+    assert_within(got, ref, 2 * tol, "fused fp32 vs torch reference")
+    u8 = run_poisoned(lambda: fmm_level_triton(*dargs, out_uint8=True, **dkw)).cpu()
+    # The kernel's uint8 is the fp32 image converted in fp32 (the same operations, exactly)...
+    v = ((got + 1.0) * 127.5).clamp(0.0, 255.0).round()
+    assert_bitwise_equal(u8, v.to(torch.uint8), "uint8 vs the fp32 image converted")
+    # ... so against the exact value it is rint() wherever that is farther than the image's
+    # tolerance (x 127.5) plus the conversion's two fp32 roundings (<= 2 ulp of 256) from a .5.
+    checked = assert_uint8_matches(u8, (y64 + 1) * 127.5, 127.5 * tol + 2 * 256 * U32)
+    assert checked > 0.9 * u8.numel()
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES[1:3])
+def test_fused_bf16_against_fp64(shape):
+    """bf16 (operands, folded weights and activations rounded to bf16): uint8 frames against the
+    exact ones by PSNR, fused and torch reference alike."""
+    C, E, L, F, h, w = shape
+    args, kw = make_level(11, C=C, E=E, L=L, F=F, h=h, w=w, precision="bf16")
+    exact = to_uint8_fp64(level_fp64(args, kw))
+    dargs, dkw = to_device(args, kw, device_for("triton"))
+    got = fmm_level_triton(*dargs, out_uint8=True, **dkw).cpu()
+    assert psnr(got, exact) >= MIN_PSNR_BF16
+    assert psnr(fmm_level_reference(*args, out_uint8=True, **kw), exact) >= MIN_PSNR_BF16
+
+
+# ---- tiles ----------------------------------------------------------------------------------------
+
+def _sub_tile(kw, F, h, w, frames, rows):
+    """Keyword args of the sub-tile frames f0:f1, tile rows i0:i1 (all columns) of a level call."""
+    (f0, f1), (i0, i1) = frames, rows
+    sub = dict(kw, emb_b=kw["emb_b"][f0:f1], ys=kw["ys"][i0:i1])
+    for k in ("pre_index", "img_index"):
+        sub[k] = kw[k].view(F, h, w)[f0:f1, i0:i1].reshape(-1)
+    return sub
+
+
+@needs_triton
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tile_invariance(precision):
+    """Rows rendered in another tile (other frames, other first row: other row blocks of the
+    kernel, other positions inside a block) keep their bits."""
+    C, E, L, F, h, w = 32, 16, 2, 3, 11, 13           # 143 rows per frame: 3 blocks of 64
+    dev = device_for("triton")
+    args, kw = to_device(*make_level(5, C=C, E=E, L=L, F=F, h=h, w=w, precision=precision), dev)
+    for u8 in (False, True):
+        whole = fmm_level_triton(*args, out_uint8=u8, **kw).view(F, h, w, 3)
+        for frames, rows in (((1, 3), (3, 10)), ((0, 1), (1, 11)), ((2, 3), (0, 11))):
+            part = fmm_level_triton(*args, out_uint8=u8, **_sub_tile(kw, F, h, w, frames, rows))
+            want = whole[frames[0]:frames[1], rows[0]:rows[1]].reshape(-1, 3)
+            assert_bitwise_equal(part, want, f"sub-tile {frames} x {rows} ({precision}, uint8={u8})")
+
+
+# ---- dispatch, configuration, checks --------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispatch(backend):
+    dev = device_for(backend)
+    args, kw = to_device(*make_level(3, C=32, E=8, L=1, F=1, h=3, w=5, pre=False, img=False), dev)
+    got = fmm_level(*args, backend=backend, **kw)
+    want = (fmm_level_triton(*args, **kw) if backend == "triton"
+            else fmm_level_chain(*args, backend="torch", **kw))
+    assert_bitwise_equal(got, want, f"fmm_level(backend={backend!r})")
+    assert got.shape == (15, 3) and got.dtype == torch.float32
+    if dev.type == "cpu":   # 'auto' on CPU tensors: the torch chain (the CPU path)
+        assert_bitwise_equal(fmm_level(*args, **kw), fmm_level_reference(*args, **kw), "auto on CPU")
+
+
+def test_config_keyed_on_shape():
+    """K steps are the per-layer kernel's; nothing depends on the rows."""
+    from kernels.linear import _triton_config
+    for p in ("fp32", "tf32", "bf16"):
+        cfg = level_config(256, 128, 3, p)
+        assert cfg.BLOCK_C == _triton_config(256, 0, 256, p)["BLOCK_K"]
+        assert cfg.BLOCK_E == _triton_config(0, 128, 256, p)["BLOCK_K"]
+        assert 256 // cfg.BLOCK_C <= 8
+
+
+@needs_triton
+def test_argument_checks():
+    dev = device_for("triton")
+    args, kw = to_device(*make_level(1, C=32, E=8, L=1, F=1, h=2, w=3), dev)
+
+    def call(**over):
+        a = dict(zip(ARGS, args))
+        k = dict(kw)
+        for name, v in over.items():
+            (a if name in a else k)[name] = v
+        return fmm_level_triton(*[a[n] for n in ARGS], **k)
+
+    cases = [
+        (dict(conv_W=args[2][:, :, :16]), "conv_W must have shape"),
+        (dict(conv_b=args[3][:, :16]), "conv_b must have shape"),
+        (dict(rgb_W=torch.zeros(17, 32, device=dev)), "rgb_W must have 1..16 rows"),
+        (dict(rgb_b=args[5][:2]), "rgb_b must have shape"),
+        (dict(emb_A=None), "needs the embedding"),
+        (dict(img=None), "img_index given without img"),
+        (dict(img_index=kw["img_index"][:-1]), "img_index must have shape"),
+        (dict(img_index=kw["img_index"] + 100), "img_index holds values"),
+        (dict(pre_index=kw["pre_index"] - 10), "pre_index holds values"),
+        (dict(rgb_clamp=-1.0), "rgb_clamp must be"),
+        (dict(out_uint8=1), "out_uint8 must be a bool"),
+        (dict(precision="fp16"), "precision must be one of"),
+        (dict(bias0=None), "bias0"),
+    ]
+    for over, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            call(**over)
+    wide, wkw = to_device(*make_level(2, C=288, E=8, L=0, F=1, h=1, w=2, pre=False, img=False), dev)
+    with pytest.raises(ValueError, match="at most 256 channels"):
+        fmm_level_triton(*wide, **wkw)
