@@ -70,6 +70,7 @@ from bench.envinfo import device_name, git_rev  # noqa: E402
 from bench.export import write_rows  # noqa: E402
 from bench.results_md import replace_block  # noqa: E402
 from digan.config import generator_preset  # noqa: E402
+from digan.program import generator_program  # noqa: E402
 from engine.precision import cpu_bf16_support  # noqa: E402
 from kernels import SQRT2, fmm_linear, fmm_modulate, nearest_index, rgb_to_yuv420, to_uint8  # noqa: E402
 from kernels._common import PRECISIONS, interpreter_enabled, triton_available  # noqa: E402
@@ -205,27 +206,20 @@ class ModelShapes:
 
 
 def model_shapes(preset: str) -> ModelShapes:
-    """Layer shapes of the preset's synthesis network, as the engine runs them (engine/executor)."""
+    """Layer shapes of the preset's synthesis network, as the engine runs them (digan/program.py)."""
     cfg = generator_preset(preset)
-    E2 = cfg.emb_channels
     mod, conv, emb, split, rgb = [], [], [], [], []
-    prev = 0
-    for res in cfg.block_resolutions:
-        C = cfg.channels(res)
-        if res == 4:                              # b4: embedding only
-            emb.append(C)
-            mod.append((C, E2))
-        elif cfg.has_embedding(res):              # upper blocks: split conv0
-            split.append(C)
-            mod.append((C, prev + E2))
+    for layer in generator_program(cfg).layers:
+        if layer.kind == "torgb":
+            rgb.append(layer.c_in)
+            continue
+        mod.append((layer.c_out, layer.c_in))
+        if layer.kind == "emb":                   # b4: embedding only
+            emb.append(layer.c_out)
+        elif layer.kind == "split":               # upper blocks: split conv0
+            split.append(layer.c_out)
         else:
-            conv.append((prev, C))
-            mod.append((C, prev))
-        for _ in range(cfg.num_conv(res) - 1):
-            conv.append((C, C))
-            mod.append((C, C))
-        rgb.append(C)
-        prev = C
+            conv.append((layer.c_in, layer.c_out))
     uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731  (first-seen order)
     return ModelShapes(cfg.emb_size, cfg.rank, uniq(mod), uniq(conv), uniq(emb), uniq(split), uniq(rgb))
 

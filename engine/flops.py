@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from digan.config import GeneratorConfig
-from digan.view import View, level_rects, num_levels
+from digan.program import generator_program
+from digan.view import View, level_rects
 
 
 @dataclass
@@ -19,28 +20,16 @@ class FrameWork:
 
 
 def frame_work(cfg: GeneratorConfig, view: View = View()) -> FrameWork:
-    rects = level_rects(view.final_rect(cfg.img_resolution), num_levels(cfg.img_resolution, cfg.input_resolution))
+    prog = generator_program(cfg)
+    rects = level_rects(view.final_rect(cfg.img_resolution), prog.num_levels)
     pixels = [(r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in rects]
     macs = unsplit = sincos = 0
-    level, prev_c = 0, 0
-    for res in cfg.block_resolutions:
-        C = cfg.channels(res)
-        up = res > cfg.input_resolution
-        if up:
-            level += 1
-        p = pixels[level]
-        E2 = cfg.emb_channels if cfg.has_embedding(res) else 0
-        sincos += p * E2
-        if res == 4:
-            first = p * E2 * C
-            macs += first
-            unsplit += first
+    for layer in prog.layers:
+        p = pixels[layer.level]
+        sincos += p * layer.emb
+        if layer.kind == "split":     # features part at the parent level, embedding part here
+            macs += pixels[layer.level - 1] * layer.feat * layer.c_out + p * layer.emb * layer.c_out
         else:
-            feat = (pixels[level - 1] if up else p) * prev_c * C
-            macs += feat + p * E2 * C
-            unsplit += p * (prev_c + E2) * C
-        rest = p * C * C * (cfg.num_conv(res) - 1) + p * C * cfg.img_channels  # convs after the first, torgb
-        macs += rest
-        unsplit += rest
-        prev_c = C
+            macs += p * layer.c_in * layer.c_out
+        unsplit += p * layer.c_in * layer.c_out
     return FrameWork(macs=macs, macs_unsplit=unsplit, sincos=sincos)

@@ -8,12 +8,12 @@ row does not depend on the tile (kernels/), so frames are bit-identical whatever
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterator, List, Tuple
 
 from digan.config import GeneratorConfig
-from digan.view import Rect, View, level_rects, num_levels
+from digan.program import generator_program
+from digan.view import Rect, View, level_rects
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -72,13 +72,7 @@ class Plan:
 
 def level_channels(cfg: GeneratorConfig) -> List[int]:
     """Widest activation per level (base level = all blocks at <= input_resolution)."""
-    chans = [0] * num_levels(cfg.img_resolution, cfg.input_resolution)
-    level = 0
-    for res in cfg.block_resolutions:
-        if res > cfg.input_resolution:
-            level += 1
-        chans[level] = max(chans[level], cfg.channels(res))
-    return chans
+    return generator_program(cfg).level_channels()
 
 
 def tile_bytes(cfg: GeneratorConfig, frames: int, rect: Rect, act_bytes: int = 4) -> int:
@@ -89,9 +83,9 @@ def tile_bytes(cfg: GeneratorConfig, frames: int, rect: Rect, act_bytes: int = 4
     (C), the embedding slab of the torch path (2E fp32, sin/cos generated per row block), the skip
     image and its upsampled copy (2*3 fp32), and gather indices (8). The parent level's
     activations and the split-conv0 term stay alive while the child is computed."""
-    n = num_levels(cfg.img_resolution, cfg.input_resolution)
-    rects = level_rects(rect, n)
-    chans = level_channels(cfg)
+    prog = generator_program(cfg)
+    rects = level_rects(rect, prog.num_levels)
+    chans = prog.level_channels()
     total = 0
     prev = 0
     for (r0, r1, c0, c1), C in zip(rects, chans):
