@@ -14,8 +14,8 @@ MFU divides by the best matmul rate measured over the dtypes (<= 1).
 Timing: median of `--reps` runs after one warm-up, with device synchronisation.
 
 --sweep: the sizes of the README's plot (bench/plot.py), frames/s against the output side at a
-fixed number of frames and against the number of frames at a fixed side (on CPU: 32..256 at 4
-frames, 1..32 frames at 64^2, eager and engine fp32: ~2 min on 2 idle cores with --reps 1). engine-bf16 runs
+fixed number of frames and against the number of frames at a fixed side (on CPU: 32..256 at 2
+frames, 1..16 frames at 64^2, eager and engine fp32: ~1 min on 2 idle cores with --reps 1). engine-bf16 runs
 only where bf16 is native (GPUs; CPUs with avx512_bf16 / amx_bf16, engine/precision.py): elsewhere
 the Renderer would render fp32 under a bf16 label, so the row is skipped with the reason.
 """
@@ -51,7 +51,7 @@ CPU_SIZES = ["128x16x1"]
 # Resolution at a fixed frame count, then frame counts at a fixed side (sizes shared by both are
 # measured once). Sides below 128 are centred crops of the 128^2 frame, 256 is 2x super-resolution.
 GPU_SWEEP = ["128x16x1", "256x16x1", "512x16x1", "1024x16x1", "128x1x1", "128x64x1", "128x256x1"]
-CPU_SWEEP = ["32x4x1", "64x4x1", "128x4x1", "256x4x1", "64x1x1", "64x16x1", "64x32x1"]
+CPU_SWEEP = ["32x2x1", "64x2x1", "128x2x1", "256x2x1", "64x1x1", "64x4x1", "64x16x1"]
 GPU_MODES = ["eager", "compile-bf16", "engine-fp32", "engine-tf32", "engine-bf16"]
 CPU_MODES = ["eager", "engine-fp32", "engine-bf16"]
 
@@ -150,6 +150,8 @@ def run(args) -> list:
     if not args.modes and not gpu and "engine-bf16" in modes and not cpu_bf16_support()[0]:
         modes = [m for m in modes if m != "engine-bf16"]
         print(f"engine-bf16 skipped: {cpu_bf16_support()[1]} (a bf16 request renders fp32 there)", flush=True)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     G = untrained_generator().to(device)
     cfg = G.cfg
     peak, rates = matmul_peak(device)
@@ -169,7 +171,8 @@ def run(args) -> list:
         for mode in modes:
             row = dict(size=size, mode=mode, device=name, device_kind="gpu" if gpu else "cpu",
                        date=dt.datetime.now().isoformat(timespec="seconds"), rev=rev, torch=torch.__version__,
-                       load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+                       load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                       threads=torch.get_num_threads() if not gpu else None)
             try:
                 fn, flops_per_frame, grab = make_runner(G, mode, view, frames, videos, device, args.budget)
             except RuntimeError as exc:
@@ -281,11 +284,11 @@ def make_runner(G, mode, view, frames, videos, device, budget):
     return fn, 2 * work.macs, (lambda: last["frame"])
 
 
-def write_results(rows: list, curve: list = (), block: str = "render", command: str = "python bench/bench_render.py",
+def write_results(rows: list, curve: list = (), sweep: bool = False, command: str = "python bench/bench_render.py",
                   md: Path = REPO / "bench" / "RESULTS.md", jsonl: Path = REPO / "bench" / "results" / "render.jsonl"
                   ) -> None:
-    """Append the rows to `jsonl`; rewrite the <block>-{gpu,cpu} table of `md` (the sweep has its own
-    block, render-cpu-sweep / render-gpu-sweep)."""
+    """Append the rows to `jsonl`; rewrite the render-{gpu,cpu} table of `md` (the sweep has its own
+    block, render-{gpu,cpu}-sweep)."""
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     with open(jsonl, "a") as f:
         for row in rows:
@@ -306,13 +309,14 @@ def write_results(rows: list, curve: list = (), block: str = "render", command: 
     table = "\n".join(lines)
     kind = "gpu" if any("cuda" in str(r.get("device", "")).lower() or "nvidia" in str(r.get("device", "")).lower()
                         for r in rows) else "cpu"
-    begin, end = f"<!-- {block}-{kind}:begin -->", f"<!-- {block}-{kind}:end -->"
+    block = f"render-{kind}" + ("-sweep" if sweep else "")
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     if curve:
         table += ("\n\nMemory curve (each render in a fresh process, default 2 GiB budget, fp32): "
                   + ", ".join(f"{c['frames']} frames → peak RSS {c['peak_mib']:.0f} MiB "
                               f"(+{c['growth_mib']:.0f} MiB while rendering)" for c in curve) + ".")
     body = f"_{rows[0]['date']} rev {rows[0]['rev']}, {rows[0]['device']}, `{command}`_\n\n{table}"
-    title = "sweep for the README's plot" if block.endswith("sweep") else "engine vs eager"
+    title = "sweep for the README's plot" if sweep else "engine vs eager"
     replace_block(md, begin, end, body, f"## Render {kind.upper()} ({title}, `{command}`)\n\n")
 
 
@@ -327,6 +331,8 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--budget", type=lambda s: int(float(s) * (1 << 30)), default=4 << 30, help="engine budget, GiB")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU: torch threads (default: torch's); 1 is steadier on a shared machine")
     p.add_argument("--write", action="store_true",
                    help="append to bench/results/render.jsonl and rewrite the table in bench/RESULTS.md "
                         "(default: print only; the source tree is left alone)")
@@ -342,7 +348,7 @@ def main(argv=None):
     for path in write_rows(rows, args.csv, args.json, dict(command=_command(argv), memory_curve=list(curve))):
         print(f"wrote {path}")
     if args.write and rows:
-        write_results(rows, curve, block="render-sweep" if args.sweep else "render", command=_command(argv))
+        write_results(rows, curve, sweep=args.sweep, command=_command(argv))
 
 
 if __name__ == "__main__":

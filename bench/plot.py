@@ -100,6 +100,8 @@ def _save(fig, kind: str, device: str, rows: Sequence[dict], out: Path) -> Path:
     first = rows[0]
     load = first.get("load_avg")
     load_txt = f" · load {load:.1f}" if isinstance(load, (int, float)) else ""
+    if first.get("threads"):
+        load_txt += f" · {first['threads']} thread" + ("s" if first["threads"] > 1 else "")
     fig.suptitle(f"{kind} ({device_kind(rows, device)}): {device} · {first.get('date', '?')[:10]} · "
                  f"rev {first.get('rev', '?')}{load_txt}", fontsize=10)
     fig.tight_layout()

@@ -163,3 +163,20 @@ def test_bench_kernels_script_writes_csv_and_json(tmp_path, capsys):
     assert row["op"] == "yuv420" and row["device_kind"] in ("cpu", "gpu") and row["rate"] > 0
     assert (tmp_path / "k.csv").read_text().startswith("device,")
     assert "wrote" in capsys.readouterr().out
+
+
+def test_render_write_results_sweep_block(tmp_path):
+    """bench_render.py --sweep --write: its own RESULTS.md block; other blocks and text stay as they are."""
+    from bench.bench_render import write_results
+    md, jsonl = tmp_path / "RESULTS.md", tmp_path / "results" / "render.jsonl"
+    md.write_text("# Benchmark results\n\nintro\n\n<!-- render-cpu:begin -->\nold table\n<!-- render-cpu:end -->\n")
+    rows = [dict(size="64x2x1", mode=m, device="Fake CPU (2 cores)", date="2026-12-03T10:00:00", rev="abc",
+                 fps=fps, speedup_vs_eager=fps / 2.0, mfu=0.1, peak_mem=float("nan")) for m, fps in
+            (("eager", 2.0), ("engine-fp32", 9.0))]
+    for _ in range(2):                                                    # rewritten in place, not appended twice
+        write_results(rows, sweep=True, command="python bench/bench_render.py --sweep", md=md, jsonl=jsonl)
+    text = md.read_text()
+    assert "intro" in text and "old table" in text                        # the other block is untouched
+    assert text.count("<!-- render-cpu-sweep:begin -->") == 1
+    assert "| Fake CPU (2 cores) | 64x2x1 | engine-fp32 | 9.00 |" in text
+    assert len(read_rows(jsonl)) == 4                                     # the rows appended each time
