@@ -21,6 +21,7 @@ from digan.config import discriminator_preset, generator_preset
 from digan.networks import Discriminator, Generator
 from tests import official_pickle as op
 from tests.conftest import fixture_path
+from tests.data_utils import walk_records
 
 # tiny-32 plus one extra conv at 32, so that extra_convs (an nn.ModuleList) is exercised too.
 TINY_G = dataclasses.replace(generator_preset("tiny-32"), num_extra_convs={32: 1})
@@ -238,7 +239,7 @@ def test_stored_values_are_used_and_checked(tmp_path, nets):
     rec = op.generator_record(nets["G_ema"], tmp_path / "m")
     kw = rec.state["_init_kwargs"]
     kw["synthesis_kwargs"]["conv_clamp"] = None      # as DIGAN's fp32 configs store it
-    for _, state in _walk(rec):
+    for _, state in walk_records(rec):
         if "motion_sigma" in state:
             state["motion_sigma"] = 0.5                  # module attributes win over kwargs
         if "conv_clamp" in state:
@@ -261,15 +262,6 @@ def test_stored_values_are_used_and_checked(tmp_path, nets):
     (tmp_path / "d.pkl").write_bytes(op.dump({"G_ema": rec}))
     with pytest.raises(CheckpointError, match="channel_base=512"):
         ck.load_generator(tmp_path / "d.pkl")
-
-
-def _walk(rec, path=""):
-    """(path, state dict) of a record and its sub-records."""
-    state = rec.state if isinstance(rec, op.Persistent) else rec.__dict__
-    yield path, state
-    for name, child in state["_modules"].items():
-        if child is not None:
-            yield from _walk(child, f"{path}.{name}" if path else name)
 
 
 # ---- pickles that try to run code ----------------------------------------------------------

@@ -26,6 +26,7 @@ from digan import checkpoint as ck
 from digan.config import GeneratorConfig, DiscriminatorConfig, generator_preset
 from digan.networks import Generator
 from tests import official_pickle as op
+from tests.data_utils import walk_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = generator_preset("tiny-32")
@@ -64,18 +65,10 @@ def _in_kwargs(value):
 
 def _fuser_attr(name, value):
     def edit(rec):
-        for _, state in _walk(rec):
+        for _, state in walk_records(rec):
             if "motion_sigma" in state:
                 state[name] = value
     return edit
-
-
-def _walk(rec, path=""):
-    state = rec.state if isinstance(rec, op.Persistent) else rec.__dict__
-    yield path, state
-    for name, child in state["_modules"].items():
-        if child is not None:
-            yield from _walk(child, f"{path}.{name}" if path else name)
 
 
 class _Unhashed:

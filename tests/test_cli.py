@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -132,25 +131,26 @@ def _segment_state(parts: Path):
             and not p.name.endswith(".tmp")}
 
 
+def run_cli_interrupted(*args, interrupt: str):
+    """`digan ...` stopped at a deterministic kill point (engine.segments._test_hook): 'segment:K[:SIGNAL]'
+    interrupts it right after segment K is finished, whatever the speed of the machine."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), DIGAN_TEST_INTERRUPT=interrupt)
+    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=REPO)
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(ckpt, tmp_path):
     path, _ = ckpt
-    # 30 segments: on an idle machine a segment takes ~0.1 s, so the kill (polled every 50 ms once
-    # 3 segments exist) must still land mid-render however fast the machine is.
-    common = ["render", "-c", path, "--seeds", "2", "--frames", "480", "--scale", "2", "--codec", "ffv1",
+    # 8 segments; kill -9 right after the third one is finished (a deterministic kill point)
+    common = ["render", "-c", path, "--seeds", "2", "--frames", "128", "--scale", "2", "--codec", "ffv1",
               "--segment-frames", "16"]
     run_cli(*common, "--output", tmp_path / "full.mkv", "-q")
     ref, _ = decode(tmp_path / "full.mkv")
     out = tmp_path / "killed.mkv"
     parts = Path(str(out) + ".parts")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *map(str, common), "--output", str(out), "-q"],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not parts.exists() or len(_segment_state(parts)) < 3):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = run_cli_interrupted(*common, "--output", out, "-q", interrupt="segment:2:SIGKILL")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not out.exists()
     before = _segment_state(parts)
     assert 3 <= len(before) < 30, before
@@ -170,8 +170,9 @@ def test_torchrun_ranks_share_segments(ckpt, tmp_path):
     common = ["render", "-c", path, "--seeds", "6", "--frames", "40", "--codec", "ffv1", "--segment-frames", "8", "-q"]
     run_cli(*common, "--output", tmp_path / "one.mkv")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29531", "-m", "engine.cli", *map(str, common), "--output", str(tmp_path / "two.mkv")],
+    # --standalone: torchrun picks a free port itself (a fixed one collides with parallel runs)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "engine.cli", *map(str, common), "--output", str(tmp_path / "two.mkv")],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert np.array_equal(decode(tmp_path / "one.mkv")[0], decode(tmp_path / "two.mkv")[0])
@@ -182,14 +183,8 @@ def test_resume_refuses_other_request(ckpt, tmp_path):
     out = tmp_path / "r.mkv"
     parts = Path(str(out) + ".parts")
     common = ["render", "-c", path, "--frames", "40", "--codec", "ffv1", "--segment-frames", "8", "--output", out]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *map(str, common), "--seeds", "1", "--scale", "4", "-q"],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not parts.exists() or not _segment_state(parts)):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = run_cli_interrupted(*common, "--seeds", "1", "--scale", "4", "-q", interrupt="segment:0:SIGKILL")
+    assert killed.returncode == -signal.SIGKILL and _segment_state(parts), killed.stderr[-3000:]
     res = run_cli(*common, "--seeds", "2", "--scale", "4", "--resume", check=False)
     assert res.returncode == 2 and "request" in res.stderr.lower()
 
@@ -198,16 +193,11 @@ def test_sigint_leaves_no_corrupt_final_file(ckpt, tmp_path):
     path, _ = ckpt
     out = tmp_path / "i.mkv"
     parts = Path(str(out) + ".parts")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     args = ["render", "-c", path, "--seeds", "4", "--frames", "400", "--scale", "2", "--codec", "ffv1",
             "--segment-frames", "16", "--output", out, "-q"]
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *map(str, args)], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not parts.exists() or not _segment_state(parts)):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    # Ctrl-C (SIGINT sent to itself) right after the first segment is finished
+    proc = run_cli_interrupted(*args, interrupt="segment:0:SIGINT")
+    err = proc.stderr
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert not out.exists()

@@ -3,9 +3,9 @@ Ctrl-C, refusing foreign folders, clear errors on full disks and unwritable path
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,7 @@ def test_x264_segments_join_by_stream_copy(tmp_path, clip, ext):
 
 
 CHILD = r"""
-import sys, time
+import os, signal, sys
 from engine.segments import SegmentedWriter
 from tests.video_utils import synthetic_frame
 out, backend = sys.argv[1], sys.argv[2]
@@ -87,7 +87,8 @@ w = SegmentedWriter(out, "req-A", total_frames=36, width=64, height=48, fps=24, 
                     segment_frames=8, resume=True, backend=backend, keep_parts=True)
 def frames(a, b):
     for i in range(a, b):
-        time.sleep(0.04)
+        if i == 20:  # the kill point: segment 2 (frames 16..23) is open and half written
+            os.kill(os.getpid(), signal.SIGKILL)
         yield synthetic_frame(i, 48, 64)
 for seg in w.pending_segments():
     w.write_segment(seg.index, frames(seg.start, seg.end))
@@ -98,20 +99,11 @@ for seg in w.pending_segments():
 def test_kill9_then_resume(tmp_path, clip):
     out = tmp_path / "r.mkv"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(out), BACKEND], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, f"child ended early: {proc.stderr.read()}"
-            if line.strip() == "done 1":
-                break
-        time.sleep(0.1)  # into segment 2
-        proc.kill()  # SIGKILL: no cleanup runs
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+    # The child SIGKILLs itself while writing segment 2 (a deterministic point: no cleanup runs).
+    child = subprocess.run([sys.executable, "-c", CHILD, str(out), BACKEND], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, f"child was not killed: {child.stderr}"
+    assert child.stdout.split() == ["done", "0", "done", "1"], child.stderr
     parts = Path(str(out) + ".parts")
     finished = {i: parts / f"seg_{i:05d}.mkv" for i in (0, 1)}
     before = {i: (p.stat().st_ino, p.stat().st_mtime_ns) for i, p in finished.items()}
