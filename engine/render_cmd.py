@@ -24,16 +24,12 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from digan.fsio import sha256_file
 from digan.view import View
 
+from .codecs import CODEC_ALIASES, DEFAULT_CODEC, VIDEO_EXTS
 from .request import RenderRequest, parse_size
 
-VIDEO_EXTS = {".mp4", ".mkv", ".mov"}
-# Codec names as ffmpeg users type them (ffmpeg -c:v h264 ...) -> our encoder names.
-CODEC_ALIASES = {"h264": "libx264", "x264": "libx264", "avc": "libx264", "hevc": "libx265", "h265": "libx265",
-                 "x265": "libx265", "av1": "libsvtav1", "svtav1": "libsvtav1", "libsvt_av1": "libsvtav1",
-                 "nvenc": "h264_nvenc", "h264_nvenc": "h264_nvenc", "ffv1": "ffv1", "png": "png"}
-DEFAULT_CODEC = "libx264"
 # A render longer than this is a typo (--interpolate 1e9), not a video: 10M frames are 4 days at
 # 30 fps, and every frame costs a time-grid entry and a manifest range.
 MAX_FRAMES = 10_000_000
@@ -90,10 +86,13 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
                      help="folder for one file per video, seed0000.mp4 ... (grid.mp4 with --grid), as the "
                           "official scripts")
     g.add_argument("--codec", default=None,
-                   help=f"libx264 (default; or h264), libx265 (hevc), libsvtav1 (av1), ffv1 (lossless, .mkv), "
-                        f"h264_nvenc, png (a folder)")
+                   help="libx264 (default; or h264), libx265 (hevc), libsvtav1 (av1), ffv1 (lossless, .mkv), "
+                        "h264_nvenc, hevc_nvenc, png (a folder)")
     g.add_argument("--crf", type=int, default=18, help="quality for x264/x265/svtav1 (lower = better)")
     g.add_argument("--preset", default="medium", help="encoder preset (x264: ultrafast..veryslow)")
+    g.add_argument("--pix-fmt", default=None,
+                   help="stored pixel format: yuv420p (default for h264/hevc/av1), yuv444p (h264/hevc, full "
+                        "chroma), rgb24 (ffv1, lossless RGB; its default)")
     g.add_argument("--segment-frames", type=_int_arg, default=64, help="frames per segment (GOP-aligned; resume unit)")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted render: reuse its complete segments in the parts folder")
@@ -341,11 +340,7 @@ def model_id(checkpoint: Optional[str], desc: str, G=None) -> str:
         return model_fingerprint(G)
     if checkpoint is None:
         raise ValueError("model_id needs the generator when there is no checkpoint file")
-    h = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(checkpoint)[0]
 
 
 def preview_paths(path: str, gif: bool) -> List[str]:
@@ -489,7 +484,8 @@ def cmd_render(args) -> int:
         W = renderer.W * grid[1]
         H = renderer.H * grid[0]
         validate_sink_args(path, W, H, args.fps, codec=codec, crf=None if png else args.crf,
-                           preset=None if png else args.preset, backend="png" if png else args.encoder)
+                           preset=None if png else args.preset, backend="png" if png else args.encoder,
+                           pix_fmt=args.pix_fmt)
         existing = [path] if output_exists(path, png) else []
         if args.preview:  # the contact sheet (and GIF) beside the output are outputs too
             existing += [p for p in preview_paths(path, args.gif) if os.path.lexists(p)]
@@ -517,7 +513,7 @@ def cmd_render(args) -> int:
                 path, request_hash=key, total_frames=T, width=W, height=H, fps=args.fps, codec=codec,
                 crf=None if png else args.crf, preset=None if png else args.preset,
                 segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite and not args.resume,
-                backend=encoder, rank=rank, world_size=world, replace_output=args.overwrite))
+                backend=encoder, rank=rank, world_size=world, replace_output=args.overwrite, pix_fmt=args.pix_fmt))
         if not args.quiet:
             print(f"model: {desc} (sha256 {mid[:12]})", file=sys.stderr)
         for (path, req, grid, renderer, W, H, codec, png), writer in zip(planned, writers):
