@@ -7,11 +7,12 @@ palette fitted to all of its frames (median cut) instead of a fixed 3-3-2 palett
 against 9,256 in the source, seen with FFmpeg's rgb8 path)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np
+
+from .fsio import atomic_save as _atomic_save  # save(tmp) writes the file; one rename publishes it
 
 # At most this many pixels feed the palette fit: median cut is linear in pixels, and 2^20 samples
 # of a clip already place 256 colours well (the fit takes ~0.1 s on one core).
@@ -23,18 +24,6 @@ def _check_frame(image: np.ndarray, what: str) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"{what} wants uint8 (H, W, 3) frames, got {image.dtype} {image.shape}")
     return image
-
-
-def _atomic_save(path, save) -> Path:
-    """save(tmp_path) writes the file; it then replaces `path` in one rename (never half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_png(path, image: np.ndarray) -> Path:

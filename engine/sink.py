@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from digan.fsio import atomic_save
 from digan.fsio import remove_file as _remove_partial
 
 # The public names of the split modules stay importable from here (engine.sink is the entry point).
@@ -273,7 +274,8 @@ class PyAVSink(FrameSink):
 
 
 class PngSink(FrameSink):
-    """frame_000000.png, frame_000001.png, ... in a folder; each written as .tmp and renamed."""
+    """frame_000000.png, frame_000001.png, ... in a folder; each written beside as a temporary file
+    and renamed (digan.fsio.atomic_save)."""
 
     def __init__(self, spec: SinkSpec, start_index: int = 0):
         super().__init__(spec)
@@ -296,14 +298,7 @@ class PngSink(FrameSink):
         frame.pts = self._count
         data = b"".join(bytes(p) for p in self._cc.encode(frame))
         dst = self.frame_path(self._start + self._count)
-        tmp = dst + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dst)
-        except OSError:
-            _remove_partial(tmp)
-            raise
+        atomic_save(dst, lambda tmp: tmp.write_bytes(data))
         self._written.append(dst)
 
     def _close(self) -> None:

@@ -8,10 +8,10 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 
 from ..config import DiscriminatorConfig, GeneratorConfig
+from ..fsio import atomic_save
 from ._common import FORMAT, FORMAT_VERSION, NETWORK_PREFIXES, PathLike, _existing, _first_line
 from .formats import _read_networks
 from .loading import _build
-
 
 # =============================================================================================
 # Writing
@@ -67,8 +67,8 @@ def _write(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str,
         raise NotADirectoryError(f"cannot write {path}: {parent} is not a folder")
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+
+    def save(tmp: Path) -> None:
         try:
             save_file(tensors, str(tmp), metadata=metadata)
         except Exception as e:  # safetensors' errors are not OSErrors (disk full, permissions)
@@ -78,11 +78,8 @@ def _write(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str,
         # safetensors writes through a private temp file (mode 0600): give the checkpoint the mode
         # any file created by this user gets (0666 minus the umask), like open() would.
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)  # readers never see a half-written checkpoint
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_save(path, save)  # readers never see a half-written checkpoint
 
 
 def save_generator(G: Any, path: PathLike) -> Path:
