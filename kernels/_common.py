@@ -64,10 +64,12 @@ def load_triton_module(name: str):
     the TRITON_INTERPRET setting of their first import; a later change of the setting is an error
     (set it once, before the first Triton launch), not a silent re-import."""
     mod = importlib.import_module(f"{__package__}.{name}")
-    if getattr(mod, "INTERPRETED", None) != interpreter_enabled():
-        mode = "interpreted" if getattr(mod, "INTERPRETED", False) else "compiled"
-        raise ValueError(f"TRITON_INTERPRET changed after kernels.{name} was imported (its kernels "
-                         f"are {mode}); set it once, before the first Triton launch")
+    # The module's kernels call the shared helpers of kernels/_triton_common.py: both must match.
+    for m in (mod, importlib.import_module(f"{__package__}._triton_common")):
+        if getattr(m, "INTERPRETED", None) != interpreter_enabled():
+            mode = "interpreted" if getattr(m, "INTERPRETED", False) else "compiled"
+            raise ValueError(f"TRITON_INTERPRET changed after {m.__name__} was imported (its kernels "
+                             f"are {mode}); set it once, before the first Triton launch")
     return mod
 
 

@@ -26,14 +26,21 @@ separate multiplies and adds (the torch backward's bits).
 import triton
 import triton.language as tl
 
-from ._common import interpreter_enabled, load_triton_module
+from ._common import interpreter_enabled
+from ._triton_common import _angle_add, _block, _divmod, _gather_rows, _mma, _trig_xy
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
-# The forward module's helpers, decorated under the same TRITON_INTERPRET setting as this module.
-_fwd = load_triton_module("_linear_triton")
-_mma = _fwd._mma
-_angle_add = _fwd._angle_add
+
+@triton.jit
+def _x_col_blocks(KX, NEED_X: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Program columns 0 .. n - 1 of the dA / dW grids take x's channels (n = 0 without NEED_X);
+    the embedding's frequencies take the columns after them."""
+    if NEED_X:
+        n = tl.cdiv(KX, BLOCK_K)
+    else:
+        n = 0
+    return n
 
 
 @triton.jit
@@ -56,11 +63,8 @@ def _fmm_bwd_dy_kernel(
 ):
     # 1. Tile of rows x columns; int64 before pointer arithmetic.
     pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, mask_m = _block(pid_m, BLOCK_M, M)
+    offs_n, mask_n = _block(tl.program_id(1).to(tl.int64), BLOCK_N, N)
     mask = mask_m[:, None] & mask_n[None, :]
     # 2. Epilogue backward, in the order autograd takes it: clamp mask, gain, lrelu slope.
     t = tl.load(g_ptr + offs_m[:, None] * stride_g + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -110,16 +114,12 @@ def _fmm_bwd_da_kernel(
     # 1. Row block inside one frame (f, mb); column block of x channels or of frequencies.
     pid_m = tl.program_id(0).to(tl.int64)
     pid_k = tl.program_id(1)
-    f = pid_m // MB
-    local = (pid_m - f * MB) * BLOCK_M + tl.arange(0, BLOCK_M)     # row inside the frame
-    mask_m = local < HW
+    f, mb = _divmod(pid_m, MB)
+    local, mask_m = _block(mb, BLOCK_M, HW)                        # row inside the frame
     offs_m = f * HW + local
     offs_r = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_K)
-    if NEED_X:
-        n_kx = tl.cdiv(KX, BLOCK_K)
-    else:
-        n_kx = 0
+    n_kx = _x_col_blocks(KX, NEED_X, BLOCK_K)
     if pid_k < n_kx:
         # 2a. dX rows = dY' @ W_x, N in steps of BLOCK_N from 0.
         k = pid_k * BLOCK_K + offs_c
@@ -153,20 +153,14 @@ def _fmm_bwd_da_kernel(
             acc_s = _mma(dy, w_sin, acc_s, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
             acc_c = _mma(dy, w_cos, acc_c, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
         # 3. sin/cos p from the tables by angle addition; dp = dE_sin cos p - dE_cos sin p.
-        i = local // TW
-        j = local - i * TW
+        i, j = _divmod(local, TW)
         xv = tl.load(xs_ptr + j, mask=mask_m, other=0.0)                  # (BLOCK_M,)
         yv = tl.load(ys_ptr + i, mask=mask_m, other=0.0)
         t_mask = mask_m[:, None] & mask_e[None, :]
-        tx_row = tx_ptr + j[:, None] * (2 * E)
-        ty_row = ty_ptr + i[:, None] * (2 * E)
-        sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)          # (BLOCK_M, BLOCK_K)
-        cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
-        sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
-        cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
+        sp, cp = _trig_xy(tx_ptr + j[:, None] * (2 * E), ty_ptr + i[:, None] * (2 * E), e, E,
+                          t_mask)                                          # (BLOCK_M, BLOCK_K)
         sb = tl.load(tb_ptr + f * (2 * E) + e, mask=mask_e, other=0.0)     # (BLOCK_K,) one frame
         cb = tl.load(tb_ptr + f * (2 * E) + E + e, mask=mask_e, other=0.0)
-        sp, cp = _angle_add(sx, cx, sy, cy)
         s, c = _angle_add(sp, cp, sb[None, :], cb[None, :])
         dp = acc_s * c - acc_c * s
         dp = tl.where(mask_m[:, None] & mask_e[None, :], dp, 0.0)
@@ -208,17 +202,13 @@ def _fmm_bwd_dw_kernel(
     pid_n = tl.program_id(0).to(tl.int64)
     pid_k = tl.program_id(1)
     pid_s = tl.program_id(2).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
+    offs_n, mask_n = _block(pid_n, BLOCK_N, N)
     offs_c = tl.arange(0, BLOCK_K)
     m_start = pid_s * ROWS_PER_SPLIT
     m_end = tl.minimum(m_start + ROWS_PER_SPLIT, M)
     K = KX + 2 * E
     out_rows = dw_ptr + pid_s * N * K + offs_n[:, None] * K            # (BLOCK_N, 1)
-    if NEED_X:
-        n_kx = tl.cdiv(KX, BLOCK_K)
-    else:
-        n_kx = 0
+    n_kx = _x_col_blocks(KX, NEED_X, BLOCK_K)
     if pid_k < n_kx:
         # 2a. dW_x += dY'^T @ x[x_index], rows in steps of BLOCK_M from m_start.
         k = pid_k * BLOCK_K + offs_c
@@ -229,10 +219,7 @@ def _fmm_bwd_dw_kernel(
             mask_m = offs_m < m_end
             dyt = tl.load(dyp_ptr + offs_m[None, :] * N + offs_n[:, None],
                           mask=mask_n[:, None] & mask_m[None, :], other=0.0)       # (BLOCK_N, BLOCK_M)
-            if HAS_X_INDEX:
-                rows = tl.load(x_index_ptr + offs_m, mask=mask_m, other=0)
-            else:
-                rows = offs_m
+            rows = _gather_rows(x_index_ptr, offs_m, mask_m, HAS_X_INDEX)
             a = tl.load(x_ptr + rows[:, None] * stride_xm + k[None, :],
                         mask=mask_m[:, None] & mask_k[None, :], other=0.0)          # (BLOCK_M, BLOCK_K)
             acc = _mma(dyt, a, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
@@ -249,22 +236,15 @@ def _fmm_bwd_dw_kernel(
             mask_m = offs_m < m_end
             dyt = tl.load(dyp_ptr + offs_m[None, :] * N + offs_n[:, None],
                           mask=mask_n[:, None] & mask_m[None, :], other=0.0)
-            f = offs_m // HW
-            rem = offs_m - f * HW
-            i = rem // TW
-            j = rem - i * TW
+            f, rem = _divmod(offs_m, HW)
+            i, j = _divmod(rem, TW)
             f = tl.where(mask_m, f, 0)
             t_mask = mask_m[:, None] & mask_e[None, :]
-            tx_row = tx_ptr + j[:, None] * (2 * E)                        # (BLOCK_M, 1)
-            ty_row = ty_ptr + i[:, None] * (2 * E)
-            tb_row = tb_ptr + f[:, None] * (2 * E)
-            sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)      # (BLOCK_M, BLOCK_K)
-            cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
-            sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
-            cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
+            tb_row = tb_ptr + f[:, None] * (2 * E)                        # (BLOCK_M, 1)
+            sp, cp = _trig_xy(tx_ptr + j[:, None] * (2 * E), ty_ptr + i[:, None] * (2 * E), e, E,
+                              t_mask)                                      # (BLOCK_M, BLOCK_K)
             sb = tl.load(tb_row + e[None, :], mask=t_mask, other=0.0)
             cb = tl.load(tb_row + (E + e)[None, :], mask=t_mask, other=0.0)
-            sp, cp = _angle_add(sx, cx, sy, cy)
             s, c = _angle_add(sp, cp, sb, cb)
             acc_s = _mma(dyt, s, acc_s, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
             acc_c = _mma(dyt, c, acc_c, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)

@@ -11,39 +11,19 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
+from ._triton_common import (  # noqa: F401 (kernels/_level_triton.py imports _angle_add from here)
+    _angle_add,
+    _block,
+    _colour_uint8,
+    _divmod,
+    _gather_rows,
+    _load_addend,
+    _mma,
+    _round_bf16,
+    _trig_xy,
+)
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
-
-
-@triton.jit
-def _round_bf16(x):
-    """fp32 -> the nearest bf16 value (ties to even), kept in fp32 (finite inputs)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
-         INTERPRETER: tl.constexpr):
-    """acc += a @ b with fp32 accumulation; operands in bf16, or fp32 ("ieee" / "tf32")."""
-    if BF16_OPERANDS:
-        if INTERPRETER:
-            # The interpreter's bf16 tl.dot multiplies the raw uint16 bits and its fp32 -> bf16
-            # cast truncates: emulate with bf16-rounded fp32 operands (exact products, fp32 sums).
-            return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), acc,
-                          input_precision="ieee")
-        else:
-            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
-    else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _angle_add(s1, c1, s2, c2):
-    """sin(u + v), cos(u + v) from sin/cos of u (s1, c1) and of v (s2, c2): s1*c2 + c1*s2 and
-    c1*c2 - s1*s2, each product and sum rounded once (with enable_fp_fusion=False)."""
-    return s1 * c2 + c1 * s2, c1 * c2 - s1 * s2
 
 
 @triton.jit
@@ -101,25 +81,19 @@ def _fmm_linear_kernel(
     if HAS_EMB:
         hw = TH * TW
         tiles_per_frame = tl.cdiv(hw, BLOCK_M)
-        f = pid_m // tiles_per_frame
-        r = (pid_m - f * tiles_per_frame) * BLOCK_M + tl.arange(0, BLOCK_M)   # pixel in the frame
-        mask_m = r < hw
+        f, tile = _divmod(pid_m, tiles_per_frame)
+        r, mask_m = _block(tile, BLOCK_M, hw)                     # pixel in the frame
         offs_m = f * hw + r                                       # (BLOCK_M,) int64
     else:
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # (BLOCK_M,) int64
-        mask_m = offs_m < M
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)              # (BLOCK_N,) int64
+        offs_m, mask_m = _block(pid_m, BLOCK_M, M)                # (BLOCK_M,) int64
+    offs_n, mask_n = _block(pid_n, BLOCK_N, N)                    # (BLOCK_N,) int64
     offs_k = tl.arange(0, BLOCK_K)
-    mask_n = offs_n < N
     w_cols = w_ptr + offs_n[None, :] * stride_wn                  # (1, BLOCK_N) row starts of W
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     # 2. x @ W_x^T, K in steps of BLOCK_K from 0: the order of the reduction never depends on M.
     if HAS_X:
-        if HAS_X_INDEX:
-            x_rows = tl.load(x_index_ptr + offs_m, mask=mask_m, other=0)
-        else:
-            x_rows = offs_m
+        x_rows = _gather_rows(x_index_ptr, offs_m, mask_m, HAS_X_INDEX)
         x_row_ptr = x_ptr + x_rows[:, None] * stride_xm           # (BLOCK_M, 1)
         for k0 in range(0, KX, BLOCK_K):
             k = k0 + offs_k
@@ -132,8 +106,7 @@ def _fmm_linear_kernel(
     #    frame-independent operand [sin(X_j + Y_i), cos(X_j + Y_i)] by angle addition from the
     #    column and row tables (no sin/cos here), times frame f's folded weights.
     if HAS_EMB:
-        i = r // TW
-        j = r - i * TW
+        i, j = _divmod(r, TW)
         i = tl.where(mask_m, i, 0)
         j = tl.where(mask_m, j, 0)
         tx_row = tx_ptr + j[:, None] * (2 * E)                    # (BLOCK_M, 1)
@@ -142,12 +115,7 @@ def _fmm_linear_kernel(
         for e0 in range(0, E, BLOCK_K):
             e = e0 + offs_k
             mask_e = e < E
-            t_mask = mask_m[:, None] & mask_e[None, :]
-            sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)        # (BLOCK_M, BLOCK_K)
-            cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
-            sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
-            cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
-            s, c = _angle_add(sx, cx, sy, cy)
+            s, c = _trig_xy(tx_row, ty_row, e, E, mask_m[:, None] & mask_e[None, :])   # (BLOCK_M, BLOCK_K)
             # Padded frequencies (e >= E) and rows load 0: their operand is 0, their weights too.
             w_mask = mask_e[:, None] & mask_n[None, :]
             w_sin = tl.load(wf_cols + e[:, None], mask=w_mask, other=0.0)   # (BLOCK_K, BLOCK_N)
@@ -159,12 +127,8 @@ def _fmm_linear_kernel(
     mask = mask_m[:, None] & mask_n[None, :]
     y = acc
     if HAS_PRE:
-        if HAS_PRE_INDEX:
-            p_rows = tl.load(pre_index_ptr + offs_m, mask=mask_m, other=0)
-        else:
-            p_rows = offs_m
-        y = y + tl.load(pre_ptr + p_rows[:, None] * stride_pre + offs_n[None, :], mask=mask,
-                        other=0.0).to(tl.float32)
+        y = y + _load_addend(pre_ptr, pre_index_ptr, offs_m, mask_m, offs_n, mask, stride_pre,
+                             HAS_PRE_INDEX)
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if ACT:
@@ -172,20 +136,13 @@ def _fmm_linear_kernel(
     if HAS_CLAMP:
         y = tl.minimum(tl.maximum(y, -clamp), clamp)
     if HAS_POST:
-        if HAS_POST_INDEX:
-            q_rows = tl.load(post_index_ptr + offs_m, mask=mask_m, other=0)
-        else:
-            q_rows = offs_m
-        y = y + tl.load(post_ptr + q_rows[:, None] * stride_post + offs_n[None, :], mask=mask,
-                        other=0.0).to(tl.float32)
+        y = y + _load_addend(post_ptr, post_index_ptr, offs_m, mask_m, offs_n, mask, stride_post,
+                             HAS_POST_INDEX)
 
     # 5. Masked store, cast once.
     out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     if OUT_UINT8:
-        v = (y + 1.0) * 127.5
-        v = tl.minimum(tl.maximum(v, 0.0), 255.0)
-        v = (v + 12582912.0) - 12582912.0      # rint, half to even: 1.5 * 2^23 leaves no fraction bits
-        tl.store(out, v.to(tl.uint8), mask=mask)
+        tl.store(out, _colour_uint8(y), mask=mask)
     elif ROUND_BF16_STORE:
         tl.store(out, _round_bf16(y).to(tl.bfloat16), mask=mask)   # interpreter casts truncate
     else:

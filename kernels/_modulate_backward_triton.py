@@ -4,11 +4,13 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled, load_triton_module
+from ._triton_common import _block
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
 _fwd = load_triton_module("_modulate_triton")
 _modulated_tile = _fwd._modulated_tile
+_factors = _fwd._factors
 
 
 @triton.jit
@@ -34,14 +36,10 @@ def _fmm_modulate_bwd_kernel(
     # 1. (video, block of output channels); int64 before pointer arithmetic.
     pid_b = tl.program_id(0).to(tl.int64)
     pid_o = tl.program_id(1).to(tl.int64)
-    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    offs_r = tl.arange(0, RANK_PAD)
-    mask_o = offs_o < COUT
-    mask_r = offs_r < RANK
-    s_row = styles_ptr + pid_b * stride_sb
-    left = tl.load(s_row + offs_o[:, None] * RANK + offs_r[None, :],
-                   mask=mask_o[:, None] & mask_r[None, :], other=0.0)          # (BLOCK_O, RANK_PAD)
-    right_row = s_row + COUT * RANK
+    offs_o, mask_o = _block(pid_o, BLOCK_O, COUT)
+    offs_r, mask_r = _block(0, RANK_PAD, RANK)
+    left, right_row = _factors(styles_ptr, pid_b, stride_sb, offs_o, offs_r, mask_o, mask_r, COUT,
+                               RANK)                                           # (BLOCK_O, RANK_PAD)
     g_rows = grad_ptr + pid_b * COUT * CIN + offs_o[:, None] * CIN
 
     # 2. Pass 1 (demodulation): |U_o|^2 and sum_i dW'_oi U_oi per row, U = W * (1 + L R / sqrt r).

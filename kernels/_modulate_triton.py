@@ -3,6 +3,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
+from ._triton_common import _block, _round_bf16
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
@@ -26,17 +27,11 @@ def _fmm_modulate_kernel(
 ):
     # 1. Map program ids to (video, block of output channels); int64 before pointer arithmetic.
     pid_b = tl.program_id(0).to(tl.int64)
-    pid_o = tl.program_id(1).to(tl.int64)
-    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)            # (BLOCK_O,)
-    offs_r = tl.arange(0, RANK_PAD)                               # (RANK_PAD,)
-    mask_o = offs_o < COUT
-    mask_r = offs_r < RANK
+    offs_o, mask_o = _block(tl.program_id(1).to(tl.int64), BLOCK_O, COUT)   # (BLOCK_O,)
+    offs_r, mask_r = _block(0, RANK_PAD, RANK)                    # (RANK_PAD,)
 
     # 2. Left factor L[b, o, :] (BLOCK_O, RANK_PAD), zero-padded past RANK.
-    s_row = styles_ptr + pid_b * stride_sb
-    left = tl.load(s_row + offs_o[:, None] * RANK + offs_r[None, :],
-                   mask=mask_o[:, None] & mask_r[None, :], other=0.0)
-    right_row = s_row + COUT * RANK                               # R[b] is (RANK, CIN) row-major
+    left, right_row = _factors(styles_ptr, pid_b, stride_sb, offs_o, offs_r, mask_o, mask_r, COUT, RANK)
 
     # 3. Pass 1 (demodulation only): fp32 sum of squares of each row of W'.
     sumsq = tl.zeros((BLOCK_O,), dtype=tl.float32)
@@ -62,6 +57,16 @@ def _fmm_modulate_kernel(
 
 
 @triton.jit
+def _factors(styles_ptr, pid_b, stride_sb, offs_o, offs_r, mask_o, mask_r, COUT, RANK: tl.constexpr):
+    """Video pid_b's left factor rows L[b, offs_o, :] (BLOCK_O, RANK_PAD), zero-padded past RANK,
+    and the start of its right factor R[b] ((RANK, CIN) row-major) in the styles."""
+    s_row = styles_ptr + pid_b * stride_sb
+    left = tl.load(s_row + offs_o[:, None] * RANK + offs_r[None, :],
+                   mask=mask_o[:, None] & mask_r[None, :], other=0.0)
+    return left, s_row + COUT * RANK
+
+
+@triton.jit
 def _modulated_tile(weight_ptr, right_row, left, offs_o, offs_r, mask_o, mask_r,
                     i0, CIN, stride_wo, sqrt_rank, BLOCK_I: tl.constexpr):
     """weight[o, i] * (L[o] . R[:, i] / sqrt(r) + 1) for one (BLOCK_O, BLOCK_I) tile, fp32."""
@@ -73,11 +78,3 @@ def _modulated_tile(weight_ptr, right_row, left, offs_o, offs_r, mask_o, mask_r,
     w = tl.load(weight_ptr + offs_o[:, None] * stride_wo + offs_i[None, :],
                 mask=mask_o[:, None] & mask_i[None, :], other=0.0)
     return w * (tl.div_rn(m, tl.zeros_like(m) + sqrt_rank) + 1.0)
-
-
-@triton.jit
-def _round_bf16(x):
-    """fp32 -> the nearest bf16 value (ties to even), kept in fp32 (finite inputs)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)

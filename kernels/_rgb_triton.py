@@ -7,14 +7,9 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
+from ._triton_common import _block, _colour_uint8, _divmod, _rint
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
-
-
-@triton.jit
-def _rint(v):
-    """Round to nearest, ties to even, for 0 <= v <= 2^22 (1.5 * 2^23 leaves no fraction bits)."""
-    return (v + 12582912.0) - 12582912.0
 
 
 @triton.jit
@@ -25,13 +20,10 @@ def _to_uint8_kernel(
     BLOCK: tl.constexpr,   # values per program
 ):
     # 1. Block of values; int64 before pointer arithmetic.
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < NUMEL
+    offs, mask = _block(tl.program_id(0).to(tl.int64), BLOCK, NUMEL)
     # 2. rint((x + 1) * 127.5) clamped to [0, 255], fp32; masked store.
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    v = tl.minimum(tl.maximum((x + 1.0) * 127.5, 0.0), 255.0)
-    tl.store(out_ptr + offs, _rint(v).to(tl.uint8), mask=mask)
+    tl.store(out_ptr + offs, _colour_uint8(x), mask=mask)
 
 
 @triton.jit
@@ -63,10 +55,8 @@ def _rgb_to_yuv420_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     H2 = H // 2
     W2 = W // 2
-    offs = pid_b * BLOCK + tl.arange(0, BLOCK)                  # block index in the frame
-    mask = offs < H2 * W2
-    bi = offs // W2
-    bj = offs - bi * W2
+    offs, mask = _block(pid_b, BLOCK, H2 * W2)                  # block index in the frame
+    bi, bj = _divmod(offs, W2)
     src = rgb_ptr + pid_f * H * W * 3 + (2 * bi) * W * 3 + (2 * bj) * 3   # top-left pixel, R
     y_out = out_ptr + pid_f * (H * W + 2 * H2 * W2)
 

@@ -342,11 +342,12 @@ def stand_in_gpu(capture: _Capture) -> Iterator[None]:
 # ---- driving the real launch paths --------------------------------------------------------------
 
 def _generator(resolution: int):
+    import dataclasses
+
     import torch
 
     from digan.config import generator_preset
     from digan.networks import Generator
-    import dataclasses
     cfg = dataclasses.replace(generator_preset("digan-128"), img_resolution=resolution)
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -361,8 +362,8 @@ def drive(sc: Scenario, G) -> None:
 
     if sc.mode == "render":
         from digan.view import View
-        from engine.renderer import Renderer
         from engine.plan import make_plan
+        from engine.renderer import Renderer
         from engine.request import RenderRequest
         req = RenderRequest(seeds=[0], frames=sc.frames, view=View(scale=sc.scale),
                             precision=sc.precision, backend="triton", device="cpu")
@@ -449,24 +450,19 @@ def markdown_table(records: Sequence[Record]) -> str:
 
 def write_results_md(path: Path, report: dict, records: Sequence[Record]) -> None:
     """Rewrite the block between the compile-check markers of `path` (appended when missing)."""
+    from bench.results_md import replace_block  # the one writer of RESULTS.md blocks
+
     begin, end = "<!-- compile-check:begin -->", "<!-- compile-check:end -->"
     head = (f"_`make compile-check` (python3 -m kernels.compile_check): triton {report['triton']}, "
             f"{report['variants']} variants for sm_{'/sm_'.join(map(str, report['archs']))}, "
             f"{report['failed']} failed, {report['seconds']:.0f} s on this machine; scenarios "
             f"{', '.join(s['name'] for s in report['scenarios'])}_")
-    block = f"{begin}\n{head}\n\n{markdown_table(records)}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    i = text.find(begin)
-    j = text.find(end, i + len(begin)) if i >= 0 else -1
-    if i >= 0 and j >= 0:
-        text = text[:i] + block + text[j + len(end):]
-    else:
-        text = (text.rstrip() + "\n\n## Compiled kernel variants (sm_90, sm_80; no GPU needed)\n\n"
-                "Every Triton kernel variant the launchers really launch for the official scenarios, "
-                "compiled ahead of time through the real binder (registers and spills from `ptxas -v`, "
-                "dynamic shared memory, tensor-core instructions, sin/cos evaluations per thread inside "
-                "the PTX loops).\n\n" + block + "\n")
-    path.write_text(text)
+    replace_block(path, begin, end, f"{head}\n\n{markdown_table(records)}",
+                  "## Compiled kernel variants (sm_90, sm_80; no GPU needed)\n\n"
+                  "Every Triton kernel variant the launchers really launch for the official scenarios, "
+                  "compiled ahead of time through the real binder (registers and spills from `ptxas -v`, "
+                  "dynamic shared memory, tensor-core instructions, sin/cos evaluations per thread inside "
+                  "the PTX loops).\n\n")
 
 
 def _check_in_processes(args) -> List[Record]:

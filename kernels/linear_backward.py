@@ -30,8 +30,10 @@ Entry points:
     fmm_linear_autograd(weight, x, *, ...) -> (M, N) fp32                        (differentiable)
     fmm_linear_backward_reference(...)       autograd through a plain, unfused torch statement
     scatter_rows(src, index, rows)           the deterministic scatter-add used for indices
-The Triton launcher is also the custom op `digan::fmm_linear_backward`, and importing this module
-registers it as the autograd formula of `digan::fmm_linear` (torch.library.register_autograd).
+The Triton launcher is also the custom op `digan::fmm_linear_backward`. One autograd formula,
+`_fmm_linear_vjp`, serves FmmLinearFunction (either backend) and the custom op `digan::fmm_linear`
+(registered on import with torch.library.register_autograd). Arguments travel as one
+FmmLinearArgs / FmmLinearBwdArgs (kernels/_linear_args.py), checked once per launch.
 
 Determinism: both backends reduce in a fixed order (torch: CPU GEMMs and index_add_; Triton:
 per-block partial sums added by the host, a stable-sort CSR for the scatters, no atomics), so the

@@ -27,11 +27,10 @@ import torch
 
 from kernels import SQRT2, fmm_linear, fmm_modulate, nearest_index
 from kernels._common import interpreter_enabled
-from kernels.linear_backward import (GRAD_NAMES, fmm_linear_autograd, fmm_linear_backward,
-                                     fmm_linear_backward_reference, fmm_linear_reference_autograd,
-                                     scatter_rows)
-from kernels.modulate_backward import (fmm_modulate_autograd, fmm_modulate_backward,
-                                       fmm_modulate_backward_reference)
+from kernels.linear_backward import GRAD_NAMES, fmm_linear_autograd, fmm_linear_backward, scatter_rows
+from kernels.modulate_backward import fmm_modulate_autograd, fmm_modulate_backward
+from kernels.reference import (fmm_linear_backward_reference, fmm_linear_reference_autograd,
+                               fmm_modulate_backward_reference)
 from tests.test_kernels_fmm_linear import make_case, to_device
 
 lb_mod = sys.modules["kernels.linear_backward"]

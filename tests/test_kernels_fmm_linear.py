@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import SQRT2, fmm_linear, fmm_linear_reference, nearest_index
+from kernels import SQRT2, fmm_linear, nearest_index
+from kernels.reference import fmm_linear_reference
 from kernels._common import interpreter_enabled
 
 linear_mod = sys.modules["kernels.linear"]

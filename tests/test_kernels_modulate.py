@@ -6,7 +6,8 @@ from tests.kernel_utils import (BACKENDS, U32, U_BF16, assert_bitwise_equal, ass
 import pytest
 import torch
 
-from kernels import fmm_modulate, fmm_modulate_reference, torgb_modulate
+from kernels import fmm_modulate, torgb_modulate
+from kernels.reference import fmm_modulate_reference
 
 # Interpreter-mode tl.dot is a fixed-order sum (tests/conftest.fixed_order_dot): bitwise claims
 # here are about the kernels, not the host BLAS behind numpy's matmul.

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import fmm_linear, fmm_linear_reference
+from kernels import fmm_linear
 from kernels.linear import emb_tables, fold_frame_weights, trig_operand_
+from kernels.reference import fmm_linear_reference
 from tests.test_kernels_fmm_linear import OPERAND_ERR, make_case, to_device
 
 linear_mod = sys.modules["kernels.linear"]
@@ -220,7 +221,8 @@ def test_gradients_at_large_phases_match_fp64(backend):
     kernels) at phases up to ~30 against autograd through the plain statement in fp64 (exact
     phase). Relative L2 <= 1e-5 per tensor, the bar of tests/test_kernels_backward.py (sums of
     <= 105 fp32 terms: ~sqrt(n) u = 6e-7 typical; the embedding adds ~8 u per unit weight)."""
-    from kernels.linear_backward import fmm_linear_autograd, fmm_linear_backward_reference
+    from kernels.linear_backward import fmm_linear_autograd
+    from kernels.reference import fmm_linear_backward_reference
     from tests.test_kernels_backward import assert_close
     kw = make_case(12, E=37, F=3, h=5, w=7, KX=9, N=6, x_rows=40, pre=True, pre_rows=20,
                    bias=True, act=True)

@@ -1,0 +1,101 @@
+"""@triton.jit helpers shared by the kernels in kernels/_*_triton.py (imported only by the Triton
+backend, through those modules).
+
+Triton inlines a @triton.jit function into its caller, so a helper here compiles to the same
+instructions as the code it replaces (python3 -m kernels.compile_check: same variants, registers,
+spills and MMA kinds). Every floating-point helper states its op order: the kernels are launched
+with enable_fp_fusion=False and their bits are matched by the torch paths.
+"""
+import triton
+import triton.language as tl
+
+from ._common import interpreter_enabled
+
+INTERPRETED = interpreter_enabled()   # how the helpers below were decorated (see load_triton_module)
+
+
+@triton.jit
+def _round_bf16(x):
+    """fp32 -> the nearest bf16 value (ties to even), kept in fp32 (finite inputs)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rint(v):
+    """Round to nearest, ties to even, for 0 <= v <= 2^22 (1.5 * 2^23 leaves no fraction bits)."""
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _colour_uint8(y):
+    """rint((y + 1) * 127.5) clamped to [0, 255], as uint8 (the colour conversion, fp32)."""
+    v = tl.minimum(tl.maximum((y + 1.0) * 127.5, 0.0), 255.0)
+    return _rint(v).to(tl.uint8)
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
+         INTERPRETER: tl.constexpr):
+    """acc += a @ b with fp32 accumulation; operands in bf16, or fp32 ("ieee" / "tf32")."""
+    if BF16_OPERANDS:
+        if INTERPRETER:
+            # The interpreter's bf16 tl.dot multiplies the raw uint16 bits and its fp32 -> bf16
+            # cast truncates: emulate with bf16-rounded fp32 operands (exact products, fp32 sums).
+            return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), acc,
+                          input_precision="ieee")
+        else:
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _angle_add(s1, c1, s2, c2):
+    """sin(u + v), cos(u + v) from sin/cos of u (s1, c1) and of v (s2, c2): s1*c2 + c1*s2 and
+    c1*c2 - s1*s2, each product and sum rounded once (with enable_fp_fusion=False)."""
+    return s1 * c2 + c1 * s2, c1 * c2 - s1 * s2
+
+
+@triton.jit
+def _trig_xy(tx_row, ty_row, e, E, t_mask):
+    """sin(X + Y), cos(X + Y) (BLOCK_M, BLOCK_K) of the trig-free embedding for frequencies `e`
+    (BLOCK_K,): tx_row / ty_row point at each row's [sin | cos] table row (BLOCK_M, 1) (tables of
+    width 2E); masked entries load 0, so their result is 0."""
+    sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)        # (BLOCK_M, BLOCK_K)
+    cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
+    sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
+    cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
+    return _angle_add(sx, cx, sy, cy)
+
+
+@triton.jit
+def _divmod(a, b):
+    """(a // b, a - (a // b) * b) for a >= 0, b > 0: a row's (frame, pixel) or (tile row, column)."""
+    q = a // b
+    return q, a - q * b
+
+
+@triton.jit
+def _block(pid, BLOCK: tl.constexpr, size):
+    """Offsets (BLOCK,) of block `pid` (int64 for pointer arithmetic) and their mask < size."""
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < size
+
+
+@triton.jit
+def _gather_rows(index_ptr, offs_m, mask_m, HAS_INDEX: tl.constexpr):
+    """The source row of each output row offs_m: index[offs_m] (HAS_INDEX), else offs_m itself."""
+    if HAS_INDEX:
+        rows = tl.load(index_ptr + offs_m, mask=mask_m, other=0)
+    else:
+        rows = offs_m
+    return rows
+
+
+@triton.jit
+def _load_addend(ptr, index_ptr, offs_m, mask_m, offs_n, mask, stride, HAS_INDEX: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) fp32 tile of an addend (rows, N) read at rows index[offs_m] (or offs_m)."""
+    rows = _gather_rows(index_ptr, offs_m, mask_m, HAS_INDEX)
+    return tl.load(ptr + rows[:, None] * stride + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
