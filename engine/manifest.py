@@ -30,7 +30,6 @@ class ResumeError(ValueError):
     """The parts folder cannot be used for this render; the message says what to do."""
 
 
-
 def remove_segment(path: str) -> None:
     """Remove a segment file or PNG segment folder (regular files and folders only)."""
     if os.path.isdir(path) and not os.path.islink(path):
@@ -44,8 +43,9 @@ class PartsFolder:
 
     Set by the subclass before `_open_parts`: parts_dir, out_path, request_hash, total_frames,
     segment_frames, segments (the plan), spec (its settings() go in the manifest), rank, world_size,
-    png, replace_output, _encoder (backend and libavcodec version), _done (finished segments kept:
-    index -> record), reencode (kept-but-other-encoder indices), _held (lock files held)."""
+    png, ext (segment file extension, '' for PNG folders), replace_output, _encoder (backend and
+    libavcodec version), _done (finished segments kept: index -> record), reencode (kept but of
+    another encoder build), _held (lock files held)."""
 
     def my_segments(self) -> List[Segment]:
         return [s for s in self.segments if s.index % self.world_size == self.rank]
