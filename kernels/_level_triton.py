@@ -2,11 +2,11 @@
 the checks and the launcher).
 
 One CTA owns BLOCK_M rows of one frame and every channel of the level. A layer's output is
-computed in column tiles of BLOCK_N, one (BLOCK_M, BLOCK_N) fp32 accumulator at a time; the
-activation is kept in registers as a tuple of CP / BLOCK_C column chunks (split by reshapes, no
-arithmetic), BLOCK_C being the per-layer kernel's K step (kernels/linear._triton_config), so every
-output element is reduced over K in the same chunks and order as in the per-layer chain:
-    acc += h[k] @ W[tile, k-chunk]^T   for k = 0, 1, ...      (BLOCK_M, BLOCK_C) x (BLOCK_C, BLOCK_N)
+computed in column tiles of BLOCK_C, one (BLOCK_M, BLOCK_C) fp32 accumulator at a time, and kept
+in registers as a tuple of those tiles: tile t of one layer is K chunk t of the next. BLOCK_C is
+the per-layer kernel's K step (kernels/linear._triton_config), so every output element is reduced
+over K in the same chunks and order as in the per-layer chain:
+    acc += h[k] @ W[tile, k-chunk]^T   for k = 0, 1, ...      (BLOCK_M, BLOCK_C) x (BLOCK_C, BLOCK_C)
 
 Launch with enable_fp_fusion=False, as the per-layer kernel (the trig-free operand and the
 epilogue are specified as separate fp32 multiplies and adds).
@@ -31,42 +31,15 @@ def _act_epilogue(y, b_ptr, offs_c, mask_c, gain, clamp, HAS_CLAMP: tl.constexpr
 
 
 @triton.jit
-def _halves(x):
-    """(BM, W) -> its column halves x[:, :W/2], x[:, W/2:] (a register shuffle, no arithmetic)."""
-    BM: tl.constexpr = x.shape[0]
-    W: tl.constexpr = x.shape[1]
-    return tl.split(tl.permute(tl.reshape(x, (BM, 2, W // 2)), (0, 2, 1)))
-
-
-@triton.jit
-def _to_chunks(y, NC: tl.constexpr, ROUND_BF16: tl.constexpr, INTERPRETER: tl.constexpr):
-    """(BM, NC * BLOCK_C) fp32 activation -> tuple of its NC column chunks, rounded as the
-    per-layer store rounds them (bf16 activations: nearest even; the interpreter's casts
-    truncate, so it rounds explicitly first)."""
-    tl.static_assert(NC == 1 or NC == 2 or NC == 4 or NC == 8, "NC must be 1, 2, 4 or 8")
+def _as_activation(y, ROUND_BF16: tl.constexpr, INTERPRETER: tl.constexpr):
+    """The fp32 epilogue result rounded as the per-layer store rounds it (bf16 activations:
+    nearest even; the interpreter's casts truncate, so it rounds explicitly first)."""
     if ROUND_BF16:
         if INTERPRETER:
             y = _round_bf16(y).to(tl.bfloat16)
         else:
             y = y.to(tl.bfloat16)
-    if NC == 1:
-        out = (y,)
-    else:
-        a, b = _halves(y)
-        if NC == 2:
-            out = (a, b)
-        else:
-            a0, a1 = _halves(a)
-            b0, b1 = _halves(b)
-            if NC == 4:
-                out = (a0, a1, b0, b1)
-            else:
-                a00, a01 = _halves(a0)
-                a10, a11 = _halves(a1)
-                b00, b01 = _halves(b0)
-                b10, b11 = _halves(b1)
-                out = (a00, a01, a10, a11, b00, b01, b10, b11)
-    return out
+    return y
 
 
 @triton.jit
@@ -93,7 +66,7 @@ def _fmm_level_kernel(
     clamp,             # fp32: clamp of the convs (HAS_CLAMP)
     rgb_clamp,         # fp32: clamp of the ToRGB (HAS_RGB_CLAMP)
     C: tl.constexpr,               # channels of the level
-    CP: tl.constexpr,              # C padded to a power of 2, >= BLOCK_N
+    CP: tl.constexpr,              # C padded to a power of 2, >= BLOCK_C
     E: tl.constexpr,               # embedding frequencies
     L: tl.constexpr,               # convs after conv0 (conv1 and the extra convs)
     R: tl.constexpr,               # image channels (<= BLOCK_R)
@@ -108,17 +81,16 @@ def _fmm_level_kernel(
     BF16_OPERANDS: tl.constexpr,   # precision 'bf16': operands and activations bf16
     INTERPRETER: tl.constexpr,     # running in TRITON_INTERPRET (numpy) mode
     BLOCK_M: tl.constexpr,         # rows per CTA
-    BLOCK_N: tl.constexpr,         # output column tile of conv0 and the convs (divides CP)
+    BLOCK_N: tl.constexpr,         # output column tile of conv0 and the convs (= BLOCK_C)
     BLOCK_C: tl.constexpr,         # channel chunk = the per-layer K step of the convs and ToRGB
     BLOCK_E: tl.constexpr,         # frequency step = the per-layer K step of the embedding GEMM
     BLOCK_R: tl.constexpr,         # padded image channels (tl.dot needs N >= 16)
 ):
-    # Channels padded to CP (a power of 2, >= BLOCK_N >= BLOCK_C); padded channels have zero
-    # weights and bias, so their activations are 0 and add nothing. A layer's output is computed
-    # in NT = CP / BLOCK_N column tiles (fewer accumulator registers), each split into
-    # BLOCK_N / BLOCK_C chunks of the activation.
+    # Channels padded to CP (a power of 2, >= BLOCK_C); padded channels have zero weights and
+    # bias, so their activations are 0 and add nothing. A layer's output is computed in NT column
+    # tiles of BLOCK_C (= BLOCK_N): tile t is chunk t of the activation, the next layer's K step.
+    tl.static_assert(BLOCK_N == BLOCK_C, "one column tile is one activation chunk")
     NT: tl.constexpr = CP // BLOCK_N
-    NCT: tl.constexpr = BLOCK_N // BLOCK_C
     # 1. Rows: program p is row block p % tiles_per_frame of frame p // tiles_per_frame (a block
     #    lies in one frame: conv0's folded weights are per frame). int64 before pointer arithmetic.
     pid = tl.program_id(0).to(tl.int64)
@@ -167,8 +139,8 @@ def _fmm_level_kernel(
         if HAS_PRE:
             acc = acc + tl.load(p_row + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :],
                                 other=0.0).to(tl.float32)
-        h = h + _to_chunks(_act_epilogue(acc, b0_ptr, offs_n, mask_n, gain, clamp, HAS_CLAMP), NCT,
-                           BF16_OPERANDS, INTERPRETER)
+        h = h + (_as_activation(_act_epilogue(acc, b0_ptr, offs_n, mask_n, gain, clamp, HAS_CLAMP),
+                                BF16_OPERANDS, INTERPRETER),)
 
     # 3. The following convs, per column tile: acc += h[k] @ W[tile, k-chunk]^T for k = 0, 1, ...
     #    (the per-layer kernel's K steps in its order), epilogue, chunks of the new activation.
@@ -184,8 +156,8 @@ def _fmm_level_kernel(
                 w = tl.load(w_rows + offs_k[:, None], mask=(offs_k < C)[:, None] & mask_n[None, :],
                             other=0.0)                                      # (BLOCK_C, BLOCK_N)
                 acc = _mma(h[k], w, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
-            h_new = h_new + _to_chunks(_act_epilogue(acc, bc_ptr + layer * C, offs_n, mask_n, gain,
-                                                     clamp, HAS_CLAMP), NCT, BF16_OPERANDS, INTERPRETER)
+            y = _act_epilogue(acc, bc_ptr + layer * C, offs_n, mask_n, gain, clamp, HAS_CLAMP)
+            h_new = h_new + (_as_activation(y, BF16_OPERANDS, INTERPRETER),)
         h = h_new
 
     # 4. ToRGB (no activation) + clamp + the parent image by index (the skip).

@@ -54,7 +54,7 @@ _INT32_MAX = 2**31 - 1
 @dataclass(frozen=True)
 class LevelConfig:
     BLOCK_M: int        # rows per CTA (of one frame)
-    BLOCK_N: int        # output column tile of conv0 and the convs (fewer accumulator registers)
+    BLOCK_N: int        # output column tile of conv0 and the convs: one activation chunk
     BLOCK_C: int        # channel chunk: the per-layer K step of the convs and the ToRGB
     BLOCK_E: int        # frequency step: the per-layer K step of the embedding GEMM
     BLOCK_R: int        # image channels padded to a dot tile
@@ -76,8 +76,14 @@ def level_config(C: int, E: int, R: int, precision: str) -> LevelConfig:
         # other steps could not be matched by one chunking.
         raise ValueError(f"per-layer K steps differ for the convs ({conv_k}) and the ToRGB ({rgb_k}); "
                          "the fused level needs one chunk width")
-    return LevelConfig(BLOCK_M=64, BLOCK_N=max(conv_k, min(128, _pow2(C))), BLOCK_C=conv_k, BLOCK_E=emb_k,
-                       BLOCK_R=16, num_warps=8, num_stages=1)
+    if precision == "bf16":
+        # wgmma wants 64 rows per warpgroup; two warpgroups split each 64-wide column tile.
+        block_m, warps = 64, 8
+    else:
+        # FMA (ieee) / tf32 dots hold both operands in registers: half the rows, one warpgroup.
+        block_m, warps = 32, 4
+    return LevelConfig(BLOCK_M=block_m, BLOCK_N=conv_k, BLOCK_C=conv_k, BLOCK_E=emb_k,
+                       BLOCK_R=16, num_warps=warps, num_stages=1)
 
 
 def _pow2(n: int) -> int:
@@ -203,7 +209,7 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
         out.stride(0),
         float(gain), 0.0 if clamp is None else float(clamp),
         0.0 if rgb_clamp is None else float(rgb_clamp),
-        C=C, CP=max(_pow2(C), cfg.BLOCK_N), E=E, L=L, R=R,
+        C=C, CP=max(_pow2(C), cfg.BLOCK_C), E=E, L=L, R=R,
         HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
         HAS_CLAMP=clamp is not None, HAS_RGB_CLAMP=rgb_clamp is not None,
         HAS_POST=img is not None, HAS_POST_INDEX=img_index is not None,
