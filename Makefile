@@ -57,13 +57,16 @@ bench: deps
 # The README's plots from the rows in bench/results/*.jsonl (matplotlib, seconds):
 # docs/bench_render_<device>.png (frames/s vs resolution and vs frames) and
 # docs/bench_kernels_<device>.png (GFLOP/s or TFLOP/s, GB/s per op vs shape).
-# `make bench-sweep` first measures new rows on this machine (CPU: ~5 min idle) and appends them.
+# `make bench-sweep` first measures new rows on this machine and appends them (--write), then plots:
+# on a CPU 1 thread timed by the process's CPU time (BENCH_SWEEP_ARGS; steady on a shared machine:
+# ~1.5 min of CPU, 7 + 4 min wall at load 14 on 2 cores); on a GPU `make bench-sweep BENCH_SWEEP_ARGS=`.
+BENCH_SWEEP_ARGS ?= --threads 1 --clock cpu
 plots: deps
 	$(PY) bench/plot.py
 
 bench-sweep: deps
-	$(PY) bench/bench_render.py --sweep --reps 1 --write
-	$(PY) bench/bench_kernels.py --sweep --write
+	$(PY) bench/bench_render.py --sweep --reps 1 $(BENCH_SWEEP_ARGS) --write
+	$(PY) bench/bench_kernels.py --sweep $(BENCH_SWEEP_ARGS) --write
 	$(PY) bench/plot.py
 
 .PHONY: compile-check gpu-check

@@ -122,27 +122,28 @@ def matmul_mode(device: torch.device, precision: str):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, quick: bool) -> Tuple[float, float, float]:
+def time_ms(fn: Callable[[], object], device: torch.device, quick: bool,
+            clock: Callable[[], float] = time.perf_counter) -> Tuple[float, float, float]:
     """(median, p20, p80) milliseconds of one call of `fn`."""
     if device.type == "cuda" and triton_available():
         from triton.testing import do_bench
         q = do_bench(fn, warmup=25, rep=50 if quick else 100, quantiles=[0.5, 0.2, 0.8])
         return float(q[0]), float(q[1]), float(q[2])
-    return host_time_ms(fn, device, target_s=0.3 if quick else 1.0)
+    return host_time_ms(fn, device, target_s=0.3 if quick else 1.0, clock=clock)
 
 
 def host_time_ms(fn, device: torch.device, target_s: float, min_reps: int = 3,
-                 max_reps: int = 50) -> Tuple[float, float, float]:
+                 max_reps: int = 50, clock: Callable[[], float] = time.perf_counter) -> Tuple[float, float, float]:
     """Simple timer: one warm-up call, then enough calls for about `target_s` (min_reps..max_reps),
     each followed by a device sync; (median, p20, p80) in ms."""
     fn()
     sync(device)
     times = []
     while True:
-        t = time.perf_counter()
+        t = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
         if len(times) >= max_reps or (len(times) >= min_reps and sum(times) >= target_s):
             break
     times.sort()
@@ -159,7 +160,7 @@ class Peaks:
     notes: List[str] = field(default_factory=list)
 
 
-def measure_peaks(device: torch.device, quick: bool) -> Peaks:
+def measure_peaks(device: torch.device, quick: bool, clock: Callable[[], float] = time.perf_counter) -> Peaks:
     """One large matmul per precision and one large copy, timed like the rows; the peak is the rate
     at the 20th-percentile time (a peak is what the device can do, so a busy moment should not
     lower it)."""
@@ -180,13 +181,13 @@ def measure_peaks(device: torch.device, quick: bool) -> Peaks:
         b = torch.randn(n, n, device=device, dtype=dtype)
         c = torch.empty(n, n, device=device, dtype=dtype)
         with matmul_mode(device, p):
-            ms = time_ms(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), device, quick)[1]   # p20: the best rate
+            ms = time_ms(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), device, quick, clock)[1]   # p20: the best
         matmul[p] = 2 * n ** 3 / (ms * 1e-3)
         del a, b, c
     nbytes = (1 << 30) if cuda else ((64 << 20) if quick else (256 << 20))
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda src=src, dst=dst: dst.copy_(src), device, quick)[1]
+    ms = time_ms(lambda src=src, dst=dst: dst.copy_(src), device, quick, clock)[1]
     del src, dst
     notes.append(f"matmul {n}^3, copy {nbytes >> 20} MiB")
     return Peaks(matmul, 2 * nbytes / (ms * 1e-3), notes)
@@ -446,13 +447,13 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench_case(case: Case, device: torch.device, peaks: Peaks, quick: bool, check: bool,
-               base_row: dict) -> List[dict]:
+               base_row: dict, clock: Callable[[], float] = time.perf_counter) -> List[dict]:
     """Time every impl of `case`; one row per impl."""
     times, outs = {}, {}
     with matmul_mode(device, case.precision):
         for name, fn in case.impls.items():
             try:
-                times[name] = time_ms(fn, device, quick)
+                times[name] = time_ms(fn, device, quick, clock)
                 if check:
                     outs[name] = fn()
             except torch.cuda.OutOfMemoryError:
@@ -562,7 +563,11 @@ def run(args) -> Tuple[List[dict], dict]:
     elif "triton" in backends and not triton_available():
         print("triton rows: skipped (triton does not import)", flush=True)
 
-    peaks = measure_peaks(device, quick)
+    clock_name = getattr(args, "clock", "wall")    # gpu_check's Namespace has none
+    if clock_name == "cpu" and cuda:
+        raise SystemExit("--clock cpu measures host CPU time: it is for the CPU path only")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
+    peaks = measure_peaks(device, quick, clock)
     peak_txt = (", ".join(f"{p} matmul {v / 1e12:.3g} TFLOP/s" for p, v in peaks.matmul.items())
                 + f", copy {peaks.copy / 1e9:.3g} GB/s")
     print(f"measured peaks: {peak_txt} ({'; '.join(peaks.notes)})", flush=True)
@@ -572,6 +577,7 @@ def run(args) -> Tuple[List[dict], dict]:
                     torch=torch.__version__,
                     triton=triton_version, preset=args.preset, quick=quick, load_avg=load,
                     peak_tflops={p: v / 1e12 for p, v in peaks.matmul.items()}, peak_gbs=peaks.copy / 1e9)
+    run_row = dict(base_row, clock=clock_name, threads=None if cuda else torch.get_num_threads())
     rows = []
     for op in ops:
         print(f"\n== {op}: {OP_TITLES[op]}", flush=True)
@@ -580,7 +586,7 @@ def run(args) -> Tuple[List[dict], dict]:
         for case in make_cases(op, device, rows=rows_specs, videos=videos, precisions=precisions,
                                backends=backends, preset=args.preset, channels=channels):
             n_cases += 1
-            for r in bench_case(case, device, peaks, quick, args.check, base_row):
+            for r in bench_case(case, device, peaks, quick, args.check, run_row, clock):
                 rows.append(r)
                 print(format_row(r), flush=True)
             del case
@@ -650,6 +656,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     size.add_argument("--quick", action="store_true", help="reduced sizes, shorter timing (default on CPU)")
     size.add_argument("--full", action="store_true", help="the model's sizes even on CPU")
     p.add_argument("--check", action="store_true", help="also report max |difference| from the baseline")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="CPU: 'cpu' times by this process's CPU time (with --threads 1 on a shared machine: "
+                        "the time the work took)")
     p.add_argument("--sweep", action="store_true",
                    help=f"the plot's rows (CPU {','.join(CPU_SWEEP_ROWS)}; GPU {','.join(GPU_SWEEP_ROWS)}), B 1,8")
     p.add_argument("--csv", type=Path, default=None, help="also save the rows (device, date, revision) as CSV")

@@ -99,11 +99,11 @@ def ratio_table(rows: Sequence[dict]) -> str:
     if not rows:
         return ""
     w = max(len("group"), *(len(r["group"]) for r in rows))
-    lines = [f"{'group':<{w}}  {'impl':<14} {'median ms':>10} {'rate':>16} {'x baseline':>11}"]
+    lines = [f"{'group':<{w}}  {'impl':<14} {'median ms':>12} {'rate':>18} {'x baseline':>11}"]
     for r in sorted(rows, key=lambda r: (r["group"], r.get("impl") != r.get("baseline"), str(r.get("impl")))):
         rate = f"{r['rate']:.4g} {r['rate_unit']}" if "rate" in r else ""
         sp = r.get("speedup_vs_baseline")
         vs = "(baseline)" if r.get("impl") == r.get("baseline") else ("" if sp is None else f"{sp:.2f}x")
-        lines.append(f"{r['group']:<{w}}  {str(r.get('impl', r['name'])):<14} {r['median_s'] * 1e3:10.3f} "
-                     f"{rate:>16} {vs:>11}")
+        lines.append(f"{r['group']:<{w}}  {str(r.get('impl', r['name'])):<14} {r['median_s'] * 1e3:12.3f} "
+                     f"{rate:>18} {vs:>11}")
     return "\n".join(lines)

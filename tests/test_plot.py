@@ -155,12 +155,13 @@ def test_csv_and_json_files(tmp_path):
 def test_bench_kernels_script_writes_csv_and_json(tmp_path, capsys):
     """The script's --csv / --json (one cheap op at a tiny size; the peaks are still measured)."""
     from bench.bench_kernels import main as kernels_main
-    kernels_main(["--ops", "yuv420", "--rows", "1x4x4", "--csv", str(tmp_path / "k.csv"),
+    kernels_main(["--ops", "yuv420", "--rows", "1x4x4", "--clock", "cpu", "--csv", str(tmp_path / "k.csv"),
                   "--json", str(tmp_path / "k.json")])
     doc = json.loads((tmp_path / "k.json").read_text())
     assert doc["meta"]["device"] and doc["meta"]["rev"] and doc["meta"]["date"]
     row = doc["rows"][0]
     assert row["op"] == "yuv420" and row["device_kind"] in ("cpu", "gpu") and row["rate"] > 0
+    assert row["clock"] == "cpu" and row["threads"] >= 1
     assert (tmp_path / "k.csv").read_text().startswith("device,")
     assert "wrote" in capsys.readouterr().out
 
@@ -180,3 +181,21 @@ def test_render_write_results_sweep_block(tmp_path):
     assert text.count("<!-- render-cpu-sweep:begin -->") == 1
     assert "| Fake CPU (2 cores) | 64x2x1 | engine-fp32 | 9.00 |" in text
     assert len(read_rows(jsonl)) == 4                                     # the rows appended each time
+
+
+def test_timers_use_the_given_clock():
+    """--clock cpu: both scripts time by the clock they are given (a fake one here: deterministic)."""
+    import torch
+
+    from bench.bench_kernels import host_time_ms
+    from bench.bench_render import CLOCKS, timed
+    assert set(CLOCKS) == {"wall", "cpu"}
+    ticks = iter(range(0, 1000, 2))                                       # every call spans 2 ticks
+
+    def clock():
+        return float(next(ticks))
+    calls = []
+    assert timed(lambda: calls.append(1), torch.device("cpu"), 3, clock) == 2.0
+    assert len(calls) == 4                                                # one warm-up, three timed
+    med, p20, p80 = host_time_ms(lambda: None, torch.device("cpu"), target_s=5.0, clock=clock)
+    assert (med, p20, p80) == (2000.0, 2000.0, 2000.0)                    # ms; 3 calls reach the 5 s target
