@@ -27,7 +27,8 @@ Use it in training as Trainer(..., synthesis=lambda ws, Ts, zm: fast_synthesis(G
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+import functools
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -36,7 +37,8 @@ from kernels.linear_backward import fmm_linear_autograd
 from kernels.modulate_backward import fmm_modulate_autograd
 
 from .networks import Generator, SynthesisNetwork, _parse_times
-from .view import View, level_coords, level_rects, num_levels
+from .program import generator_program, layer_fuser, layer_weights, level_index, level_xy, modulate_layers, run_chain
+from .view import View, level_rects
 
 __all__ = ["fast_synthesis"]
 
@@ -56,64 +58,31 @@ def fast_synthesis(G: Union[Generator, SynthesisNetwork], ws: torch.Tensor,
     Ts = _parse_times(Ts, B).to(dev)                                  # (B, T)
     T = Ts.shape[1]
     view = view or View()
-    n_lv = num_levels(cfg.img_resolution, cfg.input_resolution)
-    rects = level_rects(view.final_rect(cfg.img_resolution), n_lv)
+    prog = generator_program(cfg)
+    rects = level_rects(view.final_rect(cfg.img_resolution), prog.num_levels)
     ws = ws.to(torch.float32)
-    E2 = cfg.emb_channels
 
-    # 1. Per-video weights, batched over the B videos (autograd records the small ops).
-    prepared = []
-    for block, bws in zip(syn.blocks(), syn.block_ws(ws)):           # bws (B, num_conv + 1, w_dim)
-        convs = block.conv_layers()
-        mods = [fmm_modulate_autograd(conv.weight[:, :, 0, 0], conv.affine(bws[:, k]), conv.rank,
-                                      backend=backend)              # (B, Cout, Cin)
-                for k, conv in enumerate(convs)]
-        rgb = block.torgb
-        rgb_w = torgb_modulate(rgb.weight[:, :, 0, 0], rgb.affine(bws[:, block.num_conv]) * rgb.weight_gain,
-                               backend=backend)                      # (B, 3, C)
-        fuser = block.fuser
-        emb = fuser.params(bws[:, 0], z_motion, Ts) if fuser is not None else None  # (B,E,2), (B,T,E)
-        prepared.append((block, convs, mods, rgb_w, emb))
+    # 1. Per-video weights, batched over the B videos (autograd records the small ops):
+    #    W' (B, Cout, Cin) per layer, and the embedding's A (B, E, 2), b(t) (B, T, E).
+    mods = modulate_layers(syn, prog, ws, functools.partial(fmm_modulate_autograd, backend=backend),
+                           functools.partial(torgb_modulate, backend=backend))
+    embs = {i: layer_fuser(syn, layer).params(ws[:, layer.w], z_motion, Ts)
+            for i, layer in enumerate(prog.layers) if layer.emb}
 
     # 2. Index and coordinates of every level (shared by the videos).
-    index: List[Optional[torch.Tensor]] = []
-    coords = []
-    level = 0
-    for block, *_ in prepared:
-        if block.up:
-            level += 1
-            index.append(nearest_index(T, rects[level], rects[level - 1], device=dev))
-        else:
-            index.append(None)
-        coords.append((level, level_coords(rects[level], cfg.block_size(block.res) * view.scale,
-                                           device=dev)))
+    index = level_index(prog, T, rects, nearest_index, device=dev)
+    xy = level_xy(prog, rects, view.scale, device=dev)
 
     # 3. Per video: the fused layer chain over all T frames.
-    common = dict(precision=precision, backend=backend)
+    linear = functools.partial(fmm_linear_autograd, precision=precision, backend=backend)
     frames = []
     for v in range(B):
-        x = img = None
-        for (block, convs, mods, rgb_w, emb), idx, (lv, (xs, ys)) in zip(prepared, index, coords):
-            e_kw = {} if emb is None else dict(emb_A=emb[0][v], emb_b=emb[1][v], xs=xs, ys=ys)
-            for k, (conv, Wm) in enumerate(zip(convs, mods)):
-                W = Wm[v]                                             # (Cout, Cin)
-                act = dict(bias=conv.bias, act=True, clamp=conv.conv_clamp, **common)
-                if k == 0 and emb is not None and x is None:         # b4: embedding only
-                    x = fmm_linear_autograd(W, None, **e_kw, **act)
-                elif k == 0 and emb is not None:                     # split conv0
-                    n_feat = W.shape[1] - E2
-                    y = fmm_linear_autograd(W[:, :n_feat], x, **common)   # parent rows
-                    x = fmm_linear_autograd(W[:, n_feat:], None, **e_kw, pre_add=y, pre_index=idx,
-                                            **act)
-                elif k == 0 and idx is not None:                     # upsampled, no embedding
-                    x = fmm_linear_autograd(W, x, x_index=idx, **act)
-                else:
-                    x = fmm_linear_autograd(W, x, **act)
-            img = fmm_linear_autograd(rgb_w[v], x, bias=block.torgb.bias, clamp=block.torgb.conv_clamp,
-                                      post_add=img, post_index=idx if img is not None else None,
-                                      **common)
+        weights = layer_weights(syn, prog, [W[v] for W in mods])
+        emb = {i: dict(emb_A=A[v], emb_b=b[v], xs=xy[prog.layers[i].level][0], ys=xy[prog.layers[i].level][1])
+               for i, (A, b) in embs.items()}
+        img = run_chain(weights, linear, index, emb)
         h = rects[-1][1] - rects[-1][0]
         w = rects[-1][3] - rects[-1][2]
-        frames.append(img.view(T, h, w, 3).permute(0, 3, 1, 2))
+        frames.append(img.view(T, h, w, -1).permute(0, 3, 1, 2))
     # torch.cat keeps the permuted (channels-last) layout of its inputs: return plain NCHW.
     return torch.cat(frames, dim=0).contiguous()                      # (B*T, 3, H, W)

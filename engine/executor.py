@@ -1,7 +1,8 @@
 """Executor: per video, prepare modulated weights once; per tile, run the fused layer chain.
 
 Row layout inside a tile: (frame, row, col) row-major, channels last, so every layer is one GEMM
-[rows, C_in] x [C_in, C_out] (DESIGN §2). The chain per tile, level by level:
+[rows, C_in] x [C_in, C_out] (DESIGN §2). The chain is the generator's program
+(digan/program.py), per tile, level by level:
     b4      x = act(e @ W_e^T + bias)                       (embedding generated in the prologue)
     b8..32  x = act(x @ W^T + bias) per conv
     b64+    y = x_parent @ W_h^T at the parent resolution   (split conv0, 4x fewer rows)
@@ -16,17 +17,35 @@ are built once and cached across `frames()` calls (one per segment in `digan ren
 embedding bias b(t) is computed per block of BIAS_BLOCK frames when those frames are rendered,
 from the time grid's parameters (`engine.request.TimeGrid`), never for the whole grid.
 
+No host work per tile (issue 10): the parent indices and level coordinates of a tile depend only
+on its frame count and rectangle, so they are built once per shape on the render device and kept
+(`TileGeometry`, one per generator); a tile then runs the fused ops and nothing else.
 """
 from __future__ import annotations
 
+import functools
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from kernels import fmm_linear, fmm_modulate, nearest_index
 from digan.networks import Generator
-from digan.view import level_coords, level_rects, num_levels
+from digan.program import (
+    LayerWeights,
+    Program,
+    generator_program,
+    layer_fuser,
+    layer_weights,
+    level_index,
+    level_xy,
+    modulate_layers,
+    run_chain,
+)
+from digan.view import Rect, level_rects
+from kernels import fmm_linear, fmm_modulate, nearest_index, torgb_modulate
+from kernels._common import COMPUTE_DTYPES
 
 from .plan import Tile
 from .request import TimeGrid
@@ -35,28 +54,25 @@ from .request import TimeGrid
 # long (padded past the end of the grid), so every frame's b(t) comes out of the same GEMM shape
 # at the same row whatever the segment, chunk or request length: frames do not depend on those.
 BIAS_BLOCK = 64
-COMPUTE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+# Tile shapes whose parent indices are kept (F * h * w int64 per level): a plan has at most a few
+# (full and last row band or block, full and last frame chunk; see TileGeometry).
+INDEX_CACHE_SHAPES = 16
+# Level rectangles whose coordinates are kept ((h + w) fp32 per level each): every tile of a plan.
+COORD_CACHE_RECTS = 4096
 
-
-@dataclass
-class LayerWeights:
-    W: torch.Tensor                  # (Cout, Cin) compute dtype; conv0 with embedding: features part
-    bias: torch.Tensor               # (Cout,) fp32
-    W_e: Optional[torch.Tensor] = None  # (Cout, 2E) embedding part (b4 conv1, upper conv0)
+__all__ = ["BIAS_BLOCK", "COMPUTE_DTYPES", "BlockWeights", "FrameBias", "TileGeometry", "prepare_video",
+           "render_tile"]
 
 
 @dataclass
 class BlockWeights:
-    res: int
-    up: bool
+    """One block's prepared weights: its layers in program order (ToRGB last) and its embedding."""
     layers: List[LayerWeights]
-    rgb_W: torch.Tensor              # (3, C) compute dtype
-    rgb_bias: torch.Tensor           # (3,) fp32
     A: Optional[torch.Tensor] = None  # (E, 2) fp32 embedding frequencies
     b: Optional["FrameBias"] = None   # b[f0:f1] -> (f1 - f0, E) fp32 embedding bias per frame
 
     def nbytes(self) -> int:
-        ts = [lw.W for lw in self.layers] + [lw.W_e for lw in self.layers if lw.W_e is not None] + [self.rgb_W]
+        ts = [t for lw in self.layers for t in (lw.W, lw.W_e) if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -89,9 +105,85 @@ class FrameBias:
             return self._block(0)[:0]
         js = range(f0 // BIAS_BLOCK, (f1 - 1) // BIAS_BLOCK + 1)
         self._blocks = {j: self._blocks[j] if j in self._blocks else self._block(j) for j in js}
-        b = torch.cat([self._blocks[j] for j in js])[f0 - js[0] * BIAS_BLOCK:f1 - js[0] * BIAS_BLOCK].contiguous()
+        a, z = f0 - js[0] * BIAS_BLOCK, f1 - js[0] * BIAS_BLOCK
+        # Within one block: a view of its rows (contiguous, the same values as a copy).
+        b = self._blocks[js[0]][a:z] if len(js) == 1 else torch.cat([self._blocks[j] for j in js])[a:z].contiguous()
         self._last = (f0, f1, b)
         return b
+
+
+class TileGeometry:
+    """Parent indices and level coordinates of tiles on the render device, built once per shape.
+
+    A tile's parent index at a level depends on its frame count, its rectangle's size and the
+    rectangle's offset to twice its parent's (see kernels.nearest_index), not on where it lies:
+    the bands of a plan share one. Indices are kept per spatial shape for the most frames asked
+    for; fewer frames are a prefix of it (rows are frame-major), kept as a view. Coordinates
+    ((h + w) values per level) are kept per rectangle. Both caches are LRU and bounded, keyed by
+    the program too (a TileGeometry may serve several generators)."""
+
+    def __init__(self, max_shapes: int = INDEX_CACHE_SHAPES, max_rects: int = COORD_CACHE_RECTS):
+        if max_shapes < 1 or max_rects < 1:
+            raise ValueError(f"cache sizes must be >= 1, got {max_shapes}, {max_rects}")
+        self.max_shapes, self.max_rects = max_shapes, max_rects
+        self._index: "OrderedDict[tuple, Tuple[int, Dict[int, List[Optional[torch.Tensor]]]]]" = OrderedDict()
+        self._coords: "OrderedDict[tuple, list]" = OrderedDict()
+        self.builds = 0                # index / coordinate sets built (for tests)
+
+    @staticmethod
+    def _get(cache: OrderedDict, key):
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+        return hit
+
+    @staticmethod
+    def _put(cache: OrderedDict, key, value, limit: int) -> None:
+        cache[key] = value
+        while len(cache) > limit:
+            cache.popitem(last=False)
+
+    def index(self, prog: Program, frames: int, rects: Sequence[Rect],
+              device: torch.device) -> List[Optional[torch.Tensor]]:
+        """Per level: (frames * h * w,) int64 parent row of each row (None at level 0)."""
+        shape = tuple((r1 - r0, c1 - c0, r0 - 2 * p0, c0 - 2 * q0, p1 - p0, q1 - q0)
+                      for (r0, r1, c0, c1), (p0, p1, q0, q1) in zip(rects[1:], rects[:-1]))
+        key = (prog, str(device), shape)
+        hit = self._get(self._index, key)
+        if hit is not None and frames in hit[1]:
+            return hit[1][frames]
+        if hit is None or frames > hit[0]:
+            self.builds += 1
+            full = level_index(prog, frames, rects, nearest_index, device=device)
+            self._put(self._index, key, (frames, {frames: full}), self.max_shapes)
+            return full
+        F_max, views = hit
+        rows = [None if t is None else t.numel() // F_max * frames for t in views[F_max]]
+        views[frames] = [None if t is None else t[:n] for t, n in zip(views[F_max], rows)]
+        return views[frames]
+
+    def coords(self, prog: Program, rects: Sequence[Rect], scale: int,
+               device: torch.device) -> List[Optional[Tuple[torch.Tensor, torch.Tensor]]]:
+        """Per level: (xs (w,), ys (h,)) fp32 of the levels with an embedding (None elsewhere)."""
+        key = (prog, str(device), tuple(rects), scale)
+        hit = self._get(self._coords, key)
+        if hit is None:
+            self.builds += 1
+            hit = level_xy(prog, rects, scale, device=device)
+            self._put(self._coords, key, hit, self.max_rects)
+        return hit
+
+
+# One TileGeometry (and program) per generator, alive as long as the generator: the videos of a
+# render share them.
+_PER_GENERATOR: "weakref.WeakKeyDictionary[Generator, Tuple[Program, TileGeometry]]" = weakref.WeakKeyDictionary()
+
+
+def _program_and_geometry(G: Generator) -> Tuple[Program, TileGeometry]:
+    hit = _PER_GENERATOR.get(G)
+    if hit is None:
+        hit = _PER_GENERATOR[G] = (generator_program(G.cfg), TileGeometry())
+    return hit
 
 
 @torch.no_grad()
@@ -102,68 +194,47 @@ def prepare_video(G: Generator, ws: torch.Tensor, z_motion: torch.Tensor, Ts: Un
     dtype = COMPUTE_DTYPES[precision]
     grid = Ts if isinstance(Ts, TimeGrid) else TimeGrid(values=tuple(float(t) for t in Ts.reshape(-1).tolist()))
     syn = G.synthesis
-    out = []
-    for block, bws in zip(syn.blocks(), syn.block_ws(ws[None])):
-        bws = bws[0]                                                    # (num_conv + 1, w_dim)
-        layers = []
-        for k, conv in enumerate(block.conv_layers()):
-            W = fmm_modulate(conv.weight[:, :, 0, 0], conv.affine(bws[k:k + 1]), conv.rank,
-                             out_dtype=dtype, backend=backend)[0]  # (Cout, Cin)
-            bias = conv.bias.float()
-            if k == 0 and block.fuser is not None:
-                n_feat = W.shape[1] - G.cfg.emb_channels
-                layers.append(LayerWeights(W[:, :n_feat].contiguous(), bias, W[:, n_feat:].contiguous()))
-            else:
-                layers.append(LayerWeights(W.contiguous(), bias))
-        rgb_W = block.torgb.modulated_weight(bws[block.num_conv:block.num_conv + 1])[0].to(dtype).contiguous()
-        bw = BlockWeights(block.res, block.up, layers, rgb_W, block.torgb.bias.float())
-        if block.fuser is not None:
-            A, _ = block.fuser.params(bws[0:1], z_motion[None], grid.slice(0, 1, device=ws.device)[None])
-            bw.A, bw.b = A[0].contiguous(), FrameBias(block.fuser, bws[0:1], z_motion[None], grid)
-        out.append(bw)
+    prog, _ = _program_and_geometry(G)
+    mods = modulate_layers(syn, prog, ws[None],
+                           functools.partial(fmm_modulate, out_dtype=dtype, backend=backend),
+                           functools.partial(torgb_modulate, out_dtype=dtype))   # (1, Cout, Cin) each
+    out = [BlockWeights([]) for _ in syn.blocks()]
+    for lw in layer_weights(syn, prog, [W[0] for W in mods], contiguous=True):
+        layer, bw = lw.layer, out[lw.layer.block]
+        bw.layers.append(lw)
+        if layer.emb:
+            fuser, w = layer_fuser(syn, layer), ws[None, layer.w]                 # w (1, w_dim)
+            A, _ = fuser.params(w, z_motion[None], grid.slice(0, 1, device=ws.device)[None])
+            bw.A, bw.b = A[0].contiguous(), FrameBias(fuser, w, z_motion[None], grid)
     return out
 
 
 @torch.no_grad()
 def render_tile(G: Generator, blocks: List[BlockWeights], tile: Tile, scale: int, precision: str, backend: str,
-                device: torch.device, out: str = "uint8") -> torch.Tensor:
-    """-> uint8 (F, h, w, 3) (out='uint8') or fp32 (F, h, w, 3) unclipped (out='float')."""
-    cfg = G.cfg
+                device: torch.device, out: str = "uint8", geometry: Optional[TileGeometry] = None) -> torch.Tensor:
+    """-> uint8 (F, h, w, 3) (out='uint8') or fp32 (F, h, w, 3) unclipped (out='float').
+
+    geometry: where the tile's indices and coordinates are kept (default: the generator's)."""
+    prog, default_geometry = _program_and_geometry(G)
+    geometry = geometry or default_geometry
     dtype = COMPUTE_DTYPES[precision]
     f0, f1 = tile.frames
     F = f1 - f0
-    rects = level_rects(tile.rect, num_levels(cfg.img_resolution, cfg.input_resolution))
-    clamp = rgb_clamp = cfg.conv_clamp  # the official act_clamp = conv_clamp * (call gain = 1)
-    common = dict(precision=precision, backend=backend)
-    x = img = None
-    level = 0
-    index = None
-    n_blocks = len(blocks)
-    for bi, bw in enumerate(blocks):
-        if bw.up:
-            level += 1
-            index = nearest_index(F, rects[level], rects[level - 1], device=device)
-        else:
-            index = None
-        rect = rects[level]
-        emb = {}
-        if bw.A is not None:
-            xs, ys = level_coords(rect, cfg.block_size(bw.res) * scale, device=device)
-            emb = dict(emb_A=bw.A, emb_b=bw.b[f0:f1], xs=xs, ys=ys)
+    rects = level_rects(tile.rect, prog.num_levels)
+    device = torch.device(device)
+    index = geometry.index(prog, F, rects, device)
+    xy = geometry.coords(prog, rects, scale, device)
+    weights, emb = [], {}
+    for bw in blocks:
         for lw in bw.layers:
-            if lw.W_e is not None and x is None:                 # b4: embedding only
-                x = fmm_linear(lw.W_e, None, bias=lw.bias, act=True, clamp=clamp, out_dtype=dtype, **emb, **common)
-            elif lw.W_e is not None:                              # split conv0
-                y = fmm_linear(lw.W, x, out_dtype=torch.float32, **common)
-                x = fmm_linear(lw.W_e, None, pre_add=y, pre_index=index, bias=lw.bias, act=True, clamp=clamp,
-                               out_dtype=dtype, **emb, **common)
-                del y
-            else:
-                x = fmm_linear(lw.W, x, bias=lw.bias, act=True, clamp=clamp, out_dtype=dtype, **common)
-        last = bi == n_blocks - 1
-        to_u8 = last and out == "uint8"
-        img = fmm_linear(bw.rgb_W, x, bias=bw.rgb_bias, clamp=rgb_clamp, post_add=img,
-                         post_index=index if img is not None else None,
-                         out_dtype=None if to_u8 else torch.float32, out_uint8=to_u8, **common)
+            if lw.layer.emb:
+                xs, ys = xy[lw.layer.level]
+                emb[len(weights)] = dict(emb_A=bw.A, emb_b=bw.b[f0:f1], xs=xs, ys=ys)
+            weights.append(lw)
+    to_u8 = out == "uint8"
+    img = run_chain(weights, functools.partial(fmm_linear, precision=precision, backend=backend), index, emb,
+                    act_kw=dict(out_dtype=dtype), feat_kw=dict(out_dtype=torch.float32),
+                    rgb_kw=dict(out_dtype=torch.float32),
+                    last_rgb_kw=dict(out_dtype=None, out_uint8=True) if to_u8 else None)
     h, w = rects[-1][1] - rects[-1][0], rects[-1][3] - rects[-1][2]
-    return img.view(F, h, w, 3)
+    return img.view(F, h, w, -1)
