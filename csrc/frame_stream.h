@@ -8,8 +8,9 @@
 // `close()` flushes the encoder and writes the trailer.  An error on the encoder thread is kept
 // and thrown by the next `push` or `close` with FFmpeg's own message.
 //
-// Every choice of codec options, pixel format and container is made by the caller
-// (engine/sink.py) and handed over as strings, so the PyAV sink can use the same settings.
+// Every choice of codec options, pixel format and container is made by the caller (the table in
+// engine/codecs.py, checked by engine/sink_spec.py) and handed over as strings, so the PyAV sink
+// can use the same settings; this side only asks FFmpeg whether the encoder takes them.
 // Threading: one producer thread calls push*/close/abort.  They may block (a free slot, the
 // worker's join) and never touch Python, so the bindings call them with the GIL released; the
 // encoder thread never takes the GIL.  FFmpeg types stay in frame_stream.cpp (FrameStream::Impl).

@@ -36,6 +36,9 @@ Opening rules (the CLI's ``--resume`` is ``resume=True``, ``--overwrite`` is ``o
 Ranks: with ``world_size > 1`` rank r renders segments r, r + world_size, ...; each rank holds
 ``.rank<r>.lock`` and a shared ``.render.lock`` for its life, the journal is appended under a
 short file lock, and rank 0 calls `finalize` after a barrier.
+
+Modules: the plan and the stream-copy join are engine/concat.py; the parts folder (locks, manifest,
+journal, the opening rules above) is engine/manifest.py's `PartsFolder`; this one writes segments.
 """
 from __future__ import annotations
 
