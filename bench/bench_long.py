@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     if args.save:
         sys.path.insert(0, str(REPO))
         import torch
+
         from bench.envinfo import device_name, git_rev
         rev, dirty = git_rev()
         meta = dict(bench="long", device=device_name(torch.device("cpu")), date=dt.datetime.now(dt.timezone.utc)

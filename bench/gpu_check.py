@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
@@ -149,8 +149,8 @@ def step_tiles(plan: Plan, dry: bool, save) -> dict:
                 if rep:
                     host.append((h1 - h0) * 1e3)
                     dev.append(d)
-        out.append(dict(precision=getattr(r, "precision", precision), size=plan.tiles_size, tiles=len(tiles), backend=r.backend,
-                        host_ms=statistics.median(host), device_ms=statistics.median(dev),
+        out.append(dict(precision=getattr(r, "precision", precision), size=plan.tiles_size, tiles=len(tiles),
+                        backend=r.backend, host_ms=statistics.median(host), device_ms=statistics.median(dev),
                         events="cuda" if cuda else "host clock (no CUDA)"))
     return dict(status="ok", rows=out)
 
