@@ -26,6 +26,14 @@ row it reads the tables, conv0's parent part (C values) and the parent image (R 
 writes R values, instead of writing and re-reading the C-wide activation L + 1 times.
 
 Tile sizes come from (C, E, precision) only, never from M: a row's bits do not depend on the tile.
+Registers (python -m kernels.compile_level, digan-128's top level, C = 256, bf16, sm_90, all
+wgmma, no sin/cos): BLOCK_M x column tile x warps = 64 x 64 x 8 (chosen): 255 registers, 152 B
+spilled, 40 KB shared; 64 x 128 x 8: 272 B; one 64 x 256 accumulator split by reshapes: 744 B;
+64 x 64 x 4 warps: 1624 B; 128 x 64 x 8: 1608 B; 16 warps (128 registers each): 15 KB. Two
+64 x 256 activations (the conv's input and output) plus the input chunks in the wgmma register
+operand layout fill the file (the TTGIR also shows some dots laid out [8, 1] over 8 warps, i.e. a
+64-row tile replicated on both warpgroups). Next step to remove the spill: the transposed product
+out^T = W h^T, which makes the activation wgmma's B operand, resident in shared memory (32 KB).
 Without CUDA (or Triton) `fmm_level` runs the chain on the torch backend (the CPU path).
 """
 from __future__ import annotations
