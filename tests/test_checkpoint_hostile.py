@@ -269,6 +269,7 @@ def _assert_refused(outcomes, name, pattern):
 
 
 @pytest.mark.parametrize("name", sorted(PICKLES))
+@pytest.mark.slow   # ~85 s shared: the module fixture `outcomes` runs every hostile case in subprocesses
 def test_hostile_pickles_are_refused_bounded(outcomes, name):
     pattern = PICKLES[name][1]
     if name in LAZY:  # read_official_pickle leaves module attributes inert until asked for: bounded too
@@ -279,16 +280,19 @@ def test_hostile_pickles_are_refused_bounded(outcomes, name):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.slow   # uses `outcomes` (see above)
 def test_hostile_configs_are_refused_before_allocation(outcomes, name):
     _assert_refused(outcomes, name, CONFIGS[name][1])
 
 
 @pytest.mark.parametrize("name", sorted(DTYPES))
+@pytest.mark.slow   # uses `outcomes` (see above)
 def test_non_float_weights_are_refused(outcomes, name):
     key, dtype = DTYPES[name]
     _assert_refused(outcomes, name, rf"tensor '{key}' has dtype {str(dtype).split('.')[-1]}.*floating-point")
 
 
+@pytest.mark.slow   # uses `outcomes` (see above)
 def test_valid_files_load_under_the_same_cap(outcomes):
     assert outcomes["control: valid pickle"][0] == "loaded"
     assert outcomes["control: valid safetensors"][0] == "loaded"
@@ -384,6 +388,7 @@ def test_truncated_snapshot_resume_is_a_one_line_error(tmp_path, capsys):
         assert str(snap) in err
 
 
+@pytest.mark.slow   # ~26 s shared: builds 30 networks on the meta device
 def test_numel_bound_covers_real_networks():
     """numel_bound decides whether a config is checked on the meta device before a real build; it
     must never under-count (then a hostile config could allocate unchecked)."""

