@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
-from ._linear_triton import _angle_add, _mma, _round_bf16
+from ._triton_common import _block, _colour_uint8, _divmod, _mma, _round_bf16, _trig_xy
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
@@ -96,9 +96,8 @@ def _fmm_level_kernel(
     pid = tl.program_id(0).to(tl.int64)
     hw = TH * TW
     tiles_per_frame = tl.cdiv(hw, BLOCK_M)
-    f = pid // tiles_per_frame
-    r = (pid - f * tiles_per_frame) * BLOCK_M + tl.arange(0, BLOCK_M)      # pixel in the frame
-    mask_m = r < hw
+    f, tile = _divmod(pid, tiles_per_frame)
+    r, mask_m = _block(tile, BLOCK_M, hw)                                   # pixel in the frame
     offs_m = f * hw + r                                                     # (BLOCK_M,) int64
     offs_t = tl.arange(0, BLOCK_N)
     offs_b = tl.arange(0, BLOCK_C)
@@ -106,8 +105,9 @@ def _fmm_level_kernel(
     # 2. conv0 per column tile: acc (BLOCK_M, BLOCK_N) += [sin(X+Y), cos(X+Y)] chunk @ the frame's
     #    folded weights (the per-layer kernel's step 3, the same frequency steps); then
     #    + pre[pre_index] (the parent part of split conv0), + bias, lrelu, clamp.
-    i = tl.where(mask_m, r // TW, 0)
-    j = tl.where(mask_m, r - (r // TW) * TW, 0)
+    i, j = _divmod(r, TW)
+    i = tl.where(mask_m, i, 0)
+    j = tl.where(mask_m, j, 0)
     tx_row = tx_ptr + j[:, None] * (2 * E)                                  # (BLOCK_M, 1)
     ty_row = ty_ptr + i[:, None] * (2 * E)
     if HAS_PRE:
@@ -125,12 +125,7 @@ def _fmm_level_kernel(
         for e0 in range(0, E, BLOCK_E):
             e = e0 + tl.arange(0, BLOCK_E)
             mask_e = e < E
-            t_mask = mask_m[:, None] & mask_e[None, :]
-            sx = tl.load(tx_row + e[None, :], mask=t_mask, other=0.0)       # (BLOCK_M, BLOCK_E)
-            cx = tl.load(tx_row + (E + e)[None, :], mask=t_mask, other=0.0)
-            sy = tl.load(ty_row + e[None, :], mask=t_mask, other=0.0)
-            cy = tl.load(ty_row + (E + e)[None, :], mask=t_mask, other=0.0)
-            s, c = _angle_add(sx, cx, sy, cy)
+            s, c = _trig_xy(tx_row, ty_row, e, E, mask_m[:, None] & mask_e[None, :])  # (BLOCK_M, BLOCK_E)
             w_mask = mask_e[:, None] & mask_n[None, :]
             w_sin = tl.load(wf_cols + e[:, None], mask=w_mask, other=0.0)  # (BLOCK_E, BLOCK_N)
             w_cos = tl.load(wf_cols + (E + e)[:, None], mask=w_mask, other=0.0)
@@ -184,9 +179,6 @@ def _fmm_level_kernel(
     # 5. Masked store of the (BLOCK_M, R) image rows, cast once.
     out = out_ptr + offs_m[:, None] * stride_om + offs_r[None, :]
     if OUT_UINT8:
-        v = (y + 1.0) * 127.5
-        v = tl.minimum(tl.maximum(v, 0.0), 255.0)
-        v = (v + 12582912.0) - 12582912.0      # rint, half to even: 1.5 * 2^23 leaves no fraction bits
-        tl.store(out, v.to(tl.uint8), mask=mask)
+        tl.store(out, _colour_uint8(y), mask=mask)
     else:
         tl.store(out, y, mask=mask)
