@@ -10,7 +10,7 @@ from typing import Optional
 class ConvertProgress:
     """The bar of `digan convert` on stderr, in tensors: each tensor is counted once when it is
     loaded into its network and once when the file is written (digan.checkpoint.convert's
-    `progress` callback). Like the render bar (engine/render_cmd.Progress): ~5 redraws a second on
+    `progress` callback). Like the render bar (engine/progress.Progress): ~5 redraws a second on
     a terminal, one line every 10 s in a log, nothing with --quiet."""
 
     def __init__(self, label: str, quiet: bool):

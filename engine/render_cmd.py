@@ -17,9 +17,9 @@ import math
 import os
 import re
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from digan.view import View
 
 from .codecs import CODEC_ALIASES, DEFAULT_CODEC, VIDEO_EXTS
 from .request import RenderRequest, parse_size
+
+if TYPE_CHECKING:
+    from .renderer import Renderer
 
 # A render longer than this is a typo (--interpolate 1e9), not a video: 10M frames are 4 days at
 # 30 fps, and every frame costs a time-grid entry and a manifest range.
@@ -57,7 +60,8 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
     add_model_args(p)
     g = p.add_argument_group("what to render")
     g.add_argument("--seeds", default="0", help="content seeds: '0', '0,5,9' or '0-7'; one video each")
-    g.add_argument("--motion-seeds", default=None, help="motion seeds (same count as videos); default: from the content seed")
+    g.add_argument("--motion-seeds", default=None,
+                   help="motion seeds (same count as videos); default: from the content seed")
     g.add_argument("--label", "--class", dest="label", default=None,
                    help="class label(s) for class-conditional models, e.g. '12' or '3,7' (--class as in StyleGAN)")
     g.add_argument("--psi", "--trunc", dest="psi", type=float, default=1.0,
@@ -74,7 +78,8 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
     g.add_argument("--interpolate", type=_int_arg, default=1,
                    help="k: render (frames-1)*k+1 frames on the same range")
     g = p.add_argument_group("space")
-    g.add_argument("--scale", type=_int_arg, default=1, help="super-resolution: every level sampled s x denser (R*s pixels)")
+    g.add_argument("--scale", type=_int_arg, default=1,
+                   help="super-resolution: every level sampled s x denser (R*s pixels)")
     g.add_argument("--zoom", type=float, default=None,
                    help="coordinate half-range: 1.5 renders [-1.5, 1.5) (zoom out); must fall on the base grid")
     g.add_argument("--crop", default=None, help="TOP,LEFT,HEIGHT,WIDTH in output pixels of the (zoomed) frame")
@@ -343,86 +348,12 @@ def model_id(checkpoint: Optional[str], desc: str, G=None) -> str:
     return sha256_file(checkpoint)[0]
 
 
-def preview_paths(path: str, gif: bool) -> List[str]:
-    """Where `engine.preview.write_preview` puts the contact sheet (and GIF) of `path`."""
-    base = Path(path)
-    stem = base.with_suffix("") if base.suffix else base
-    return [f"{stem}.preview.png"] + ([f"{stem}.preview.gif"] if gif else [])
-
-
 def output_exists(path: str, png: bool) -> bool:
     """An output that -y would replace: a file, or a folder with PNG frames in it."""
     if png:
         return os.path.isdir(path) and any(n.endswith(".png") for n in os.listdir(path)) \
             or (os.path.exists(path) and not os.path.isdir(path))
     return os.path.lexists(path)
-
-
-# ---- progress ---------------------------------------------------------------------------------
-
-class Progress:
-    """A tqdm bar on stderr, per frame. Frames reused by --resume are its starting point
-    (`initial`), so the rate and ETA count only the frames rendered now; nothing with --quiet."""
-
-    def __init__(self, total: int, label: str, quiet: bool, initial: int = 0):
-        self.total, self.initial, self.done = total, initial, initial
-        self.t0 = time.monotonic()
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-            # On a terminal ~5 redraws a second; in a log one line every 10 s (not one per frame).
-            self.bar = tqdm(total=total, initial=initial, desc=label, unit="frame", file=sys.stderr,
-                            dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0, smoothing=0.05,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} frames [{elapsed}<{remaining}, {rate_fmt}]")
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def summary(self, path, W: int, H: int) -> str:
-        """frames, size, time, fps of this run and where the output is."""
-        secs = time.monotonic() - self.t0
-        new = self.done - self.initial
-        size = _file_size(path)
-        reused = f" ({self.initial} reused by --resume)" if self.initial else ""
-        return (f"wrote {path}: {self.done} frames {W}x{H}{reused}, {size / 2**20:.2f} MiB, {new} rendered in "
-                f"{secs:.1f} s ({new / max(secs, 1e-9):.1f} fps)")
-
-
-def _file_size(path) -> int:
-    p = Path(path)
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.iterdir() if f.is_file())
-    return p.stat().st_size if p.exists() else 0
-
-
-# ---- frames ----------------------------------------------------------------------------------
-
-def grid_frames(renderer, grid: Tuple[int, int], start: int, end: int) -> Iterator[np.ndarray]:
-    """Frames [start, end) of every video of the request, tiled into a rows x cols grid."""
-    rows, cols = grid
-    n = renderer.num_videos
-    H, W = renderer.H, renderer.W
-    if n == 1:
-        for _, _, frame in renderer.frames(start=start, end=end):
-            yield frame.numpy()
-        return
-    # Render chunk by chunk for all videos (bounded memory: one chunk per video).
-    for chunk in renderer.plan.chunks(start, end):
-        f0, f1 = chunk.frames
-        canvas = np.zeros((f1 - f0, rows * H, cols * W, 3), dtype=np.uint8)
-        for k in range(n):
-            blocks = renderer.video_weights(k)
-            buf = renderer.render_chunk(blocks, chunk).cpu().numpy()
-            r, c = divmod(k, cols)
-            canvas[:, r * H:(r + 1) * H, c * W:(c + 1) * W] = buf
-        yield from canvas
 
 
 class Interrupted(KeyboardInterrupt):
@@ -447,33 +378,43 @@ def _resume_hint(writers) -> str:
     return "; ".join(kept) + ": run the same command with --resume to continue"
 
 
-def cmd_render(args) -> int:
-    """Check everything (numbers, device, model, labels, outputs, encoder, parts folders), then
-    render; nothing is created on disk before every check has passed."""
-    from digan.default import load_or_default
+# ---- the command ------------------------------------------------------------------------------
 
+@dataclass
+class Job:
+    """One output file: where, what, and how it is encoded (checked before anything is created)."""
+    path: str
+    request: RenderRequest
+    grid: Optional[Tuple[int, int]]   # (rows, cols) of a --grid video; None: one video
+    renderer: "Renderer"
+    width: int                        # of the encoded frames (the whole grid)
+    height: int
+    codec: str
+    png: bool                         # a folder of PNG frames
+
+
+def _torchrun(args) -> Tuple[int, int]:
+    """(rank, world size) under torchrun (1 process: (0, 1)); rank r renders segments r, r + W, ...
+    on its own device (cuda:LOCAL_RANK when CUDA is there) and rank 0 joins them after a barrier,
+    so the process group only needs gloo (a barrier, no tensors)."""
+    from digan.distributed import init_distributed
+
+    env, device = init_distributed(args.device, backend="gloo", set_device=False)
+    if env.world_size > 1:
+        args.device = str(device)
+        args.quiet = args.quiet or not env.is_main
+    return env.rank, env.world_size
+
+
+def plan_jobs(args, G, rank: int) -> List[Job]:
+    """Every output checked (labels against the model, codec, encoder settings, existing files)
+    before any is rendered or created."""
+    from .preview import preview_paths
     from .renderer import Renderer
-    from .preview import sample_indices, write_preview
-    from .segments import SegmentedWriter, recorded_backends
-    from .sink import available_codecs, validate_sink_args
+    from .sink import validate_sink_args
 
-    check_numbers(args)
-    args.preview = args.preview or args.gif   # --gif alone asks for the preview (sheet + GIF)
-    # torchrun: rank r renders segments r, r + W, ...; rank 0 joins them after a barrier.
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        if args.device is None and torch.cuda.is_available():
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        args.quiet = args.quiet or rank != 0
-    G, desc = load_or_default(args.checkpoint)
-    jobs = build_requests(args, G.cfg)
-    mid = model_fingerprint(G)
-    # Validate every output before rendering (or creating) anything.
-    planned = []
-    for path, req, grid in jobs:
+    jobs = []
+    for path, req, grid in build_requests(args, G.cfg):
         cfg = G.cfg
         try:
             req.codes(cfg.z_dim, cfg.w_dim, cfg.c_dim)  # labels against the model (c_dim)
@@ -481,8 +422,8 @@ def cmd_render(args) -> int:
             raise ValueError(f"--label/--class: {exc}") from None
         codec, png = resolve_codec(path, args.codec)
         renderer = Renderer(G, req)
-        W = renderer.W * grid[1]
-        H = renderer.H * grid[0]
+        grid = grid if args.grid else None
+        H, W = renderer.frame_size(grid)
         validate_sink_args(path, W, H, args.fps, codec=codec, crf=None if png else args.crf,
                            preset=None if png else args.preset, backend="png" if png else args.encoder,
                            pix_fmt=args.pix_fmt)
@@ -493,31 +434,53 @@ def cmd_render(args) -> int:
             raise ValueError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: pass "
                              "-y/--overwrite to replace, or choose another output path"
                              + (" (-n: never overwrite)" if args.no_overwrite else ""))
-        planned.append((path, req, grid, renderer, W, H, codec, png))
+        jobs.append(Job(path, req, grid, renderer, W, H, codec, png))
+    return jobs
+
+
+def open_writer(args, job: Job, mid: str, rank: int, world: int):
+    """The job's SegmentedWriter (its parts folder checked and locked); with --resume and encoder
+    auto it continues with the encoder that wrote the finished segments (they join only with
+    segments of the same encoder build), when that one can still encode this codec."""
+    from .segments import SegmentedWriter, recorded_backends
+    from .sink import available_codecs
+
+    encoder = args.encoder
+    if args.resume and encoder == "auto" and not job.png:
+        used = recorded_backends(job.path)
+        if len(used) == 1 and next(iter(used)) in ("native", "pyav") and \
+                job.codec in available_codecs(next(iter(used))):
+            encoder = next(iter(used))
+    grid = list(job.grid or (1, 1))   # (1, 1) for one video: the hashes of earlier renders hold
+    settings = dict(codec=job.codec, crf=args.crf, preset=args.preset, fps=args.fps, width=job.width,
+                    height=job.height, segment_frames=args.segment_frames, grid=grid)
+    key = hashlib.sha256((job.renderer.content_hash(mid) + repr(sorted(settings.items()))).encode()).hexdigest()[:24]
+    return SegmentedWriter(
+        job.path, request_hash=key, total_frames=job.renderer.num_frames, width=job.width, height=job.height,
+        fps=args.fps, codec=job.codec, crf=None if job.png else args.crf, preset=None if job.png else args.preset,
+        segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite and not args.resume,
+        backend=encoder, rank=rank, world_size=world, replace_output=args.overwrite, pix_fmt=args.pix_fmt)
+
+
+def cmd_render(args) -> int:
+    """Check everything (numbers, device, model, labels, outputs, encoder, parts folders), then
+    render; nothing is created on disk before every check has passed."""
+    from digan.default import load_or_default
+
+    check_numbers(args)
+    args.preview = args.preview or args.gif   # --gif alone asks for the preview (sheet + GIF)
+    rank, world = _torchrun(args)
+    G, desc = load_or_default(args.checkpoint)
+    mid = model_fingerprint(G)
+    jobs = plan_jobs(args, G, rank)
     writers = []
     try:
-        for path, req, grid, renderer, W, H, codec, png in planned:
-            encoder = args.encoder
-            if args.resume and encoder == "auto" and not png:
-                # continue with the encoder that wrote the finished segments (they join only with
-                # segments of the same encoder build), when it can still encode this codec
-                used = recorded_backends(path)
-                if len(used) == 1 and next(iter(used)) in ("native", "pyav") and \
-                        codec in available_codecs(next(iter(used))):
-                    encoder = next(iter(used))
-            T = renderer.plan.num_frames
-            settings = dict(codec=codec, crf=args.crf, preset=args.preset, fps=args.fps, width=W, height=H,
-                            segment_frames=args.segment_frames, grid=list(grid))
-            key = hashlib.sha256((renderer.content_hash(mid) + repr(sorted(settings.items()))).encode()).hexdigest()[:24]
-            writers.append(SegmentedWriter(
-                path, request_hash=key, total_frames=T, width=W, height=H, fps=args.fps, codec=codec,
-                crf=None if png else args.crf, preset=None if png else args.preset,
-                segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite and not args.resume,
-                backend=encoder, rank=rank, world_size=world, replace_output=args.overwrite, pix_fmt=args.pix_fmt))
+        for job in jobs:
+            writers.append(open_writer(args, job, mid, rank, world))
         if not args.quiet:
             print(f"model: {desc} (sha256 {mid[:12]})", file=sys.stderr)
-        for (path, req, grid, renderer, W, H, codec, png), writer in zip(planned, writers):
-            _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, sample_indices, write_preview)
+        for job, writer in zip(jobs, writers):
+            render_job(args, job, writer, rank, world)
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Interrupted) else "interrupted"
         print(f"digan render: {how}: {_resume_hint(writers)}", file=sys.stderr)
@@ -528,11 +491,17 @@ def cmd_render(args) -> int:
     return 0
 
 
-def _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, sample_indices, write_preview) -> None:
-    T = renderer.plan.num_frames
+def render_job(args, job: Job, writer, rank: int, world: int) -> None:
+    """This rank's pending segments of one job from the renderer's frame stream, then (rank 0)
+    the final file, the summary line and the preview."""
+    from .preview import PreviewCapture
+    from .progress import Progress
+
+    renderer = job.renderer
+    T = renderer.num_frames
     if not args.quiet:
-        print(f"{path}: {W}x{H}, {T} frames at {args.fps:g} fps, {renderer.backend} backend on "
-              f"{renderer.device}, {renderer.precision}; plan: {renderer.plan.describe()}", file=sys.stderr)
+        print(f"{job.path}: {job.width}x{job.height}, {T} frames at {args.fps:g} fps, {renderer.describe()}",
+              file=sys.stderr)
     mine = sum(s.frames for s in writer.my_segments())  # this rank's frames (all of them in one process)
     pending = writer.pending_segments()
     skipped = mine - sum(e - s for _, s, e in pending)
@@ -541,24 +510,16 @@ def _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, samp
               "again so that all segments join", file=sys.stderr)
     if skipped and not args.quiet:
         print(f"resume: {skipped} frames already rendered in complete segments", file=sys.stderr)
-    progress = Progress(mine, Path(path).name, args.quiet, initial=skipped)
 
-    wanted = set(sample_indices(T)) if args.preview else set()
-    gif_every = max(1, T // 64)  # a GIF of at most ~64 frames
-    captured, gif_frames = {}, {}
+    def frames(s: int, e: int) -> Iterator[np.ndarray]:   # (H, W, 3) uint8 of one video or the grid
+        return (f.numpy() for _, _, f in renderer.frames(s, e, grid=job.grid))
 
-    def counted(frames, start):
-        for i, fr in enumerate(frames, start):
-            if i in wanted:
-                captured[i] = fr.copy()
-            if args.gif and i % gif_every == 0:
-                gif_frames[i] = fr.copy() if i not in captured else captured[i]
-            yield fr
-            progress.update(1)
-
+    progress = Progress(mine, Path(job.path).name, args.quiet, initial=skipped)
+    preview = PreviewCapture(T, gif=args.gif) if args.preview else None
     try:
         for index, s, e in pending:
-            writer.write_segment(index, counted(grid_frames(renderer, grid, s, e), s))
+            stream = frames(s, e) if preview is None else preview.watch(frames(s, e), s)
+            writer.write_segment(index, progress.count(stream))
     finally:
         progress.close()
     if world > 1:
@@ -568,16 +529,8 @@ def _render_one(args, path, req, grid, renderer, W, H, writer, rank, world, samp
             return
     final = writer.finalize()
     if not args.quiet:
-        print(progress.summary(final, W, H), file=sys.stderr)
-    if args.preview:
-        # Frames in segments reused by --resume were not seen: render just those.
-        for i in sorted(wanted - set(captured)):
-            captured[i] = next(grid_frames(renderer, grid, i, i + 1))
-        if args.gif and len(gif_frames) * gif_every < T:
-            for i in range(0, T, gif_every):
-                if i not in gif_frames:
-                    gif_frames[i] = next(grid_frames(renderer, grid, i, i + 1))
-        sheet = write_preview(final, captured, gif=args.gif, fps=args.fps / gif_every,
-                              gif_frames=[gif_frames[k] for k in sorted(gif_frames)])
+        print(progress.summary(final, job.width, job.height), file=sys.stderr)
+    if preview is not None:
+        written = preview.write(final, args.fps, lambda i: next(frames(i, i + 1)))
         if not args.quiet:
-            print(f"preview: {', '.join(str(p) for p in sheet)}", file=sys.stderr)
+            print(f"preview: {', '.join(str(p) for p in written)}", file=sys.stderr)

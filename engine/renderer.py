@@ -80,6 +80,15 @@ class Renderer:
     def num_videos(self) -> int:
         return len(self.request.seeds)
 
+    @property
+    def num_frames(self) -> int:
+        """Frames of each video (of the grid too)."""
+        return self.plan.num_frames
+
+    def describe(self) -> str:
+        """How the frames are made: backend, device, precision really used, plan."""
+        return f"{self.backend} backend on {self.device}, {self.precision}; plan: {self.plan.describe()}"
+
     def content_hash(self, model_id: str) -> str:
         """The request's content hash with the precision really used (bf16 that fell back to fp32
         renders the frames of an fp32 request)."""
