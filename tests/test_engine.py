@@ -51,6 +51,7 @@ def tiny():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.slow   # ~80-120 s per precision on the shared 2 cores: many tilings of one render
 def test_tiling_is_invisible(tiny, precision, monkeypatch, position_independent_host_math):
     """Different budgets and tile caps -> whole video, frame chunks, row bands, blocks: identical
     uint8 frames."""

@@ -36,6 +36,7 @@ def test_triton_engine_equals_torch_engine(tiny):
     assert (ua - ub).abs().max() <= 1 and (ua != ub).float().mean() < 1e-3
 
 
+@pytest.mark.slow   # ~50 s shared: the full official fixture in interpreter mode
 def test_triton_engine_matches_official_fixture(official_g):
     """Two frames per video of the extrapolated times (interpreter mode is slow)."""
     G, fx = official_g
