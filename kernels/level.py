@@ -34,6 +34,8 @@ spilled, 40 KB shared; 64 x 128 x 8: 272 B; one 64 x 256 accumulator split by re
 operand layout fill the file (the TTGIR also shows some dots laid out [8, 1] over 8 warps, i.e. a
 64-row tile replicated on both warpgroups). Next step to remove the spill: the transposed product
 out^T = W h^T, which makes the activation wgmma's B operand, resident in shared memory (32 KB).
+fp32 (FMA dots, 32 x 32 x 4 warps): 168 registers and 74896 B spilled on sm_90: use the per-layer
+chain for fp32 until this kernel has a tensor-core fp32 mode (3xTF32) or the transposed form.
 Without CUDA (or Triton) `fmm_level` runs the chain on the torch backend (the CPU path).
 """
 from __future__ import annotations
