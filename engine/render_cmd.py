@@ -2,9 +2,10 @@
 
 Everything a request can get wrong is checked before anything is created on disk: numbers that are
 not finite or out of range, a frame count past MAX_FRAMES, the device, seeds and labels (naming the
-option), sizes that cannot nest or that the encoder refuses, an extension no codec writes, an
-unwritable output, a missing or corrupt checkpoint, an existing output without -y, a parts folder
-with finished work without --resume/--overwrite, another render holding that folder.
+option; those checks live in engine/render_checks.py), sizes that cannot nest or that the encoder
+refuses, an extension no codec writes, an unwritable output, a missing or corrupt checkpoint, an
+existing output without -y, a parts folder with finished work without --resume/--overwrite,
+another render holding that folder.
 
 The model is identified by the sha256 of its tensors (`model_fingerprint`), never by its name, so
 a --resume after the model changed is refused instead of mixing two models in one video.
@@ -15,7 +16,6 @@ import argparse
 import hashlib
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,36 +25,13 @@ import numpy as np
 import torch
 
 from digan.fsio import sha256_file
-from digan.view import View
 
 from .codecs import CODEC_ALIASES, DEFAULT_CODEC, VIDEO_EXTS
-from .request import RenderRequest, parse_size
+from .render_checks import build_view, check_numbers, int_arg, int_list, memory_budget, parse_grid
+from .request import RenderRequest
 
 if TYPE_CHECKING:
     from .renderer import Renderer
-
-# A render longer than this is a typo (--interpolate 1e9), not a video: 10M frames are 4 days at
-# 30 fps, and every frame costs a time-grid entry and a manifest range.
-MAX_FRAMES = 10_000_000
-MAX_VIDEOS = 10_000          # seeds per command (each is a file or a grid cell)
-SEED_LIMIT = 1 << 62         # seeds (and motion seed + 2^32) must fit torch's int64 manual_seed
-MAX_PIXELS = 1 << 28         # per frame, at the output; above, no encoder here opens (and RAM runs out)
-
-
-def _int_arg(text: str) -> int:
-    """argparse type: an integer, also written as a float that is one ('1e9', '4.0')."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not math.isfinite(x) or x != int(x):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    return int(x)
-
 
 def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> None:
     add_model_args(p)
@@ -71,14 +48,14 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
                         "first seed's content with each --motion-seeds motion (motion diversity); WxH, e.g. "
                         "4x2 = the seeds in W columns and H rows (StyleGAN3 gen_video.py's --grid)")
     g = p.add_argument_group("time")
-    g.add_argument("--frames", type=_int_arg, default=16, help="frames on the time grid [t-start, t-end]")
+    g.add_argument("--frames", type=int_arg, default=16, help="frames on the time grid [t-start, t-end]")
     g.add_argument("--fps", type=float, default=16.0, help="frame rate of the output file")
     g.add_argument("--t-start", type=float, default=0.0, help="first time (training covered [0, 1])")
     g.add_argument("--t-end", type=float, default=1.0, help="last time; > 1 extrapolates")
-    g.add_argument("--interpolate", type=_int_arg, default=1,
+    g.add_argument("--interpolate", type=int_arg, default=1,
                    help="k: render (frames-1)*k+1 frames on the same range")
     g = p.add_argument_group("space")
-    g.add_argument("--scale", type=_int_arg, default=1,
+    g.add_argument("--scale", type=int_arg, default=1,
                    help="super-resolution: every level sampled s x denser (R*s pixels)")
     g.add_argument("--zoom", type=float, default=None,
                    help="coordinate half-range: 1.5 renders [-1.5, 1.5) (zoom out); must fall on the base grid")
@@ -98,7 +75,7 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
     g.add_argument("--pix-fmt", default=None,
                    help="stored pixel format: yuv420p (default for h264/hevc/av1), yuv444p (h264/hevc, full "
                         "chroma), rgb24 (ffv1, lossless RGB; its default)")
-    g.add_argument("--segment-frames", type=_int_arg, default=64, help="frames per segment (GOP-aligned; resume unit)")
+    g.add_argument("--segment-frames", type=int_arg, default=64, help="frames per segment (GOP-aligned; resume unit)")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted render: reuse its complete segments in the parts folder")
     ow = g.add_mutually_exclusive_group()
@@ -118,121 +95,7 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
-# ---- request building and validation --------------------------------------------------------
-
-def _finite(option: str, value: Optional[float]) -> None:
-    if value is not None and not math.isfinite(value):
-        raise ValueError(f"{option} must be a finite number, got {value}")
-
-
-def check_numbers(args) -> None:
-    """Every numeric option, before anything is loaded or created."""
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    if args.interpolate < 1:
-        raise ValueError(f"--interpolate must be an integer >= 1, got {args.interpolate}")
-    total = (args.frames - 1) * args.interpolate + 1
-    if total > MAX_FRAMES:
-        raise ValueError(f"--frames {args.frames} with --interpolate {args.interpolate} makes {total:,} frames; "
-                         f"at most {MAX_FRAMES:,} per render (split the time range over several renders)")
-    for option, value in (("--fps", args.fps), ("--psi/--trunc", args.psi), ("--t-start", args.t_start),
-                          ("--t-end", args.t_end), ("--zoom", args.zoom)):
-        _finite(option, value)
-    if args.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
-    if args.segment_frames < 1:
-        raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
-    if args.scale < 1:
-        raise ValueError(f"--scale must be a positive integer, got {args.scale}")
-    memory_budget(args.memory_budget)
-    check_device(args.device)
-
-
-def memory_budget(text: str) -> int:
-    try:
-        budget = parse_size(text)
-    except (ValueError, OverflowError):  # 'inf' overflows int()
-        raise ValueError(f"--memory-budget: cannot read a memory size from {text!r}; use e.g. 512M or 4G") from None
-    if budget <= 0:
-        raise ValueError(f"--memory-budget must be positive, got {text!r}")
-    return budget
-
-
-def check_device(text: Optional[str]) -> None:
-    if text is None:
-        return
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {text}: CUDA is not available here (no GPU, driver or CUDA build of "
-                             "torch); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device {text}: only cpu and cuda devices are supported")
-
-
-def int_list(text: Optional[str], option: str, limit: int = MAX_VIDEOS) -> Optional[List[int]]:
-    """'0,3,7', '0-7' or '0-3,9' -> ints in [0, 2^62); errors name the option.  Ranges are sized
-    before they are expanded ('0-1000000000000' is refused, not allocated)."""
-    if text is None:
-        return None
-    hint = f"{option} wants integers like '0', '0,5,9' or '0-7', got {text!r}"
-    out: List[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                cut = part.index("-", 1)
-                a, b = int(part[:cut]), int(part[cut + 1:])
-            else:
-                a = b = int(part)
-        except ValueError:
-            raise ValueError(hint) from None
-        if b < a:
-            raise ValueError(f"{option}: the range {part!r} is empty")
-        if a < 0 or b >= SEED_LIMIT:
-            raise ValueError(f"{option}: {part!r} is outside [0, 2^62)")
-        if len(out) + (b - a + 1) > limit:
-            raise ValueError(f"{option} {text!r} gives more than {limit:,} values")
-        out.extend(range(a, b + 1))
-    if not out:
-        raise ValueError(hint)
-    return out
-
-
-def build_view(args, cfg) -> View:
-    if args.scale < 1:
-        raise ValueError(f"--scale must be a positive integer, got {args.scale}")
-    if args.zoom is not None:
-        _finite("--zoom", args.zoom)
-        if args.zoom <= 0:
-            raise ValueError(f"--zoom must be positive, got {args.zoom}")
-        if args.zoom > 1024:  # the base grid would hold millions of pixels a side
-            raise ValueError(f"--zoom {args.zoom} is too far out (at most 1024)")
-        view = View.from_range(cfg.img_resolution, cfg.input_resolution, -args.zoom, args.zoom, args.scale)
-    else:
-        view = View(scale=args.scale)
-    H, W = view.output_size(cfg.img_resolution)
-    if args.crop:
-        try:
-            top, left, h, w = (int(v) for v in args.crop.split(","))
-        except ValueError:
-            raise ValueError(f"--crop wants TOP,LEFT,HEIGHT,WIDTH integers, got {args.crop!r}") from None
-        if h < 1 or w < 1 or top < 0 or left < 0 or top + h > H or left + w > W:
-            raise ValueError(f"--crop {args.crop} does not fit inside the {H}x{W} frame")
-        view = View(scale=view.scale, top=view.top + top, left=view.left + left, height=h, width=w)
-        H, W = h, w
-    if H * W > MAX_PIXELS:
-        raise ValueError(f"frames of {W}x{H} are too large (more than {MAX_PIXELS:,} pixels; no encoder here "
-                         "takes them): use a lower --scale or --zoom, or --crop a part")
-    return view
-
+# ---- requests ----------------------------------------------------------------------------------
 
 def resolve_codec(path: str, codec: Optional[str]) -> Tuple[str, bool]:
     """(codec, png) for an output path: the extension promises a format, and nothing else is
@@ -258,16 +121,6 @@ def resolve_codec(path: str, codec: Optional[str]) -> Tuple[str, bool]:
                          "in .mp4, .mkv or .mov (a folder gets PNG frames with --codec png)")
     raise ValueError(f"output {path!r}: no encoder here writes {suffix} files; use .mp4, .mkv or .mov "
                      "(or a folder for PNG frames; --preview --gif adds an animated GIF beside a video)")
-
-
-def parse_grid(text: Optional[str]) -> Optional[Tuple[int, int]]:
-    """--grid: None, 'seeds', 'motion' -> None (automatic shape); 'WxH' -> (columns W, rows H)."""
-    if text is None or text in ("seeds", "motion"):
-        return None
-    m = re.fullmatch(r"\s*(\d{1,4})\s*[xX]\s*(\d{1,4})\s*", text)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ValueError(f"--grid must be 'seeds', 'motion' or WxH with W, H >= 1 (e.g. 4x2), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def build_requests(args, cfg) -> List[Tuple[str, RenderRequest, Tuple[int, int]]]:
