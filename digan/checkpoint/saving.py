@@ -54,11 +54,9 @@ def _umask() -> int:
     return mask
 
 
-def _write(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> Path:
-    """Write atomically (temp file + rename). The output folder must exist: it is not created, so a
-    typo in a path is reported (FileNotFoundError, one line in the CLI) instead of making folders."""
-    from safetensors.torch import save_file
-
+def check_output_path(path: PathLike) -> Path:
+    """The output path of a checkpoint, checked before any work: its folder must exist (it is not
+    created, so a typo in a path is reported instead of making folders) and it is not a folder."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
@@ -67,6 +65,15 @@ def _write(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str,
         raise NotADirectoryError(f"cannot write {path}: {parent} is not a folder")
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    return path
+
+
+def _write(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> Path:
+    """Write atomically (temp file + rename). The output folder must exist: it is not created, so a
+    typo in a path is reported (FileNotFoundError, one line in the CLI) instead of making folders."""
+    from safetensors.torch import save_file
+
+    path = check_output_path(path)
 
     def save(tmp: Path) -> None:
         try:
@@ -148,6 +155,7 @@ def convert(in_path: PathLike, out_path: PathLike,
     in_path = _existing(in_path)
     if os.path.abspath(in_path) == os.path.abspath(os.fspath(out_path)):
         raise ValueError("convert: the output must be a different file from the input")
+    check_output_path(out_path)        # before reading anything: a bad output path costs nothing
     report = progress or (lambda step, n, total: None)
     nets = _read_networks(in_path)
     # Strict loading (_build) makes each module's state dict the network's tensors, key for key, so
