@@ -77,28 +77,15 @@ def test_fmm_modulate(benchmark, device, backend, size, precision):
     _bench(benchmark, "modulate", device, backend, size, precision)
 
 
+# The fmm_linear layers of the chain:
+#   conv   plain conv 512 -> 512: lrelu(x @ W^T + bias) * sqrt2
+#   emb    embedding-only layer 2E = 256 -> 512 (sin/cos generated in the prologue)
+#   split  split conv0 child call 2E = 256 -> 512 with pre_add gathered from the parent tile
+#   torgb  ToRGB 512 -> 3 with the skip (parent image by index) and the uint8 epilogue
+@pytest.mark.parametrize("op", ["conv", "emb", "split", "torgb"])
 @pytest.mark.parametrize("device,backend,size,precision", _params(ALL_PRECISIONS, True))
-def test_fmm_linear_conv(benchmark, device, backend, size, precision):
-    """Plain conv 512 -> 512: lrelu(x @ W^T + bias) * sqrt2."""
-    _bench(benchmark, "conv", device, backend, size, precision)
-
-
-@pytest.mark.parametrize("device,backend,size,precision", _params(ALL_PRECISIONS, True))
-def test_fmm_linear_embedding(benchmark, device, backend, size, precision):
-    """Embedding-only layer 2E = 256 -> 512 (sin/cos generated in the prologue)."""
-    _bench(benchmark, "emb", device, backend, size, precision)
-
-
-@pytest.mark.parametrize("device,backend,size,precision", _params(ALL_PRECISIONS, True))
-def test_fmm_linear_split_conv0(benchmark, device, backend, size, precision):
-    """Split conv0 child call 2E = 256 -> 512 with pre_add gathered from the parent tile."""
-    _bench(benchmark, "split", device, backend, size, precision)
-
-
-@pytest.mark.parametrize("device,backend,size,precision", _params(ALL_PRECISIONS, True))
-def test_fmm_linear_torgb(benchmark, device, backend, size, precision):
-    """ToRGB 512 -> 3 with the skip (parent image by index) and the uint8 epilogue."""
-    _bench(benchmark, "torgb", device, backend, size, precision)
+def test_fmm_linear(benchmark, op, device, backend, size, precision):
+    _bench(benchmark, op, device, backend, size, precision)
 
 
 @pytest.mark.parametrize("device,backend,size,precision", _params(("fp32", "bf16"), False))

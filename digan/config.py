@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-
 # ---- validation ------------------------------------------------------------------------------
 # Bounds for every field that sizes a tensor, in ONE place. Configs come from untrusted checkpoint
 # metadata (JSON) and pickles, so a config must be refused before anything is allocated from it.
@@ -45,6 +44,17 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an integer, got {_brief(value)} ({type(value).__name__})")
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def _check_image_fields(cfg) -> None:
+    """The fields G and D share: labels, image channels and the channel budget, which must give
+    the top block at least one channel."""
+    _check_int("c_dim", cfg.c_dim, 0, MAX_DIM)
+    _check_int("img_channels", cfg.img_channels, 1, MAX_IMG_CHANNELS)
+    _check_int("channel_base", cfg.channel_base, 1, MAX_CHANNEL_BASE)
+    if cfg.channel_base < cfg.img_resolution:
+        raise ValueError(f"channel_base={cfg.channel_base} gives the {cfg.img_resolution}x{cfg.img_resolution} "
+                         f"block no channels (channel_base // resolution must be >= 1)")
 
 
 def _check_pow2(name: str, value: Any, low: int, high: int = MAX_RESOLUTION) -> None:
@@ -101,7 +111,8 @@ class GeneratorConfig:
         """Types, finiteness and bounds of every field (ValueError naming the field); also run by
         every checkpoint loader before anything is built from the config."""
         if not isinstance(self.num_extra_convs, dict):
-            raise ValueError(f"num_extra_convs must be a mapping resolution -> count, got {_brief(self.num_extra_convs)}")
+            raise ValueError("num_extra_convs must be a mapping resolution -> count, "
+                             f"got {_brief(self.num_extra_convs)}")
         if len(self.num_extra_convs) > 16:
             raise ValueError(f"num_extra_convs has {len(self.num_extra_convs)} entries (at most one per resolution)")
         extra = {}
@@ -118,14 +129,9 @@ class GeneratorConfig:
             raise ValueError("input_resolution must not exceed img_resolution")
         for name in ("z_dim", "w_dim", "channel_max", "emb_size"):
             _check_int(name, getattr(self, name), 1, MAX_DIM)
-        _check_int("c_dim", self.c_dim, 0, MAX_DIM)
-        _check_int("img_channels", self.img_channels, 1, MAX_IMG_CHANNELS)
-        _check_int("channel_base", self.channel_base, 1, MAX_CHANNEL_BASE)
+        _check_image_fields(self)
         _check_int("mapping_layers", self.mapping_layers, 1, MAX_MAPPING_LAYERS)
         _check_int("rank", self.rank, 1, MAX_RANK)
-        if self.channel_base < self.img_resolution:
-            raise ValueError(f"channel_base={self.channel_base} gives the {self.img_resolution}x{self.img_resolution} "
-                             f"block no channels (channel_base // resolution must be >= 1)")
         _check_float("w_avg_beta", self.w_avg_beta, 0.0, 1.0)
         _check_float("motion_sigma", self.motion_sigma, 0.0, 1e6)
         _check_float("fourier_scale", self.fourier_scale, 0.0, 1e6, low_open=True)
@@ -195,13 +201,8 @@ class DiscriminatorConfig:
     def validate(self) -> None:
         """Types, finiteness and bounds of every field (ValueError naming the field)."""
         _check_pow2("img_resolution", self.img_resolution, 8)
-        _check_int("c_dim", self.c_dim, 0, MAX_DIM)
-        _check_int("img_channels", self.img_channels, 1, MAX_IMG_CHANNELS)
-        _check_int("channel_base", self.channel_base, 1, MAX_CHANNEL_BASE)
+        _check_image_fields(self)
         _check_int("channel_max", self.channel_max, 1, MAX_DIM)
-        if self.channel_base < self.img_resolution:
-            raise ValueError(f"channel_base={self.channel_base} gives the {self.img_resolution}x{self.img_resolution} "
-                             f"block no channels (channel_base // resolution must be >= 1)")
         _check_int("mbstd_group_size", self.mbstd_group_size, 1, MAX_MBSTD)
         _check_int("mbstd_num_channels", self.mbstd_num_channels, 0, MAX_MBSTD)
         _check_float("conv_clamp", self.conv_clamp, 0.0, 1e9, low_open=True, optional=True)

@@ -92,6 +92,15 @@ def perturbed_generator(preset: str, seed: int):
     return G
 
 
+def saved_checkpoint(tmp_path_factory, preset: str, seed: int):
+    """(path, G): a perturbed generator of a preset saved in our format in a fresh temp folder."""
+    from digan.checkpoint import save_generator
+    G = perturbed_generator(preset, seed)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_generator(G, path)
+    return path, G
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 

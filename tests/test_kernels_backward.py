@@ -16,9 +16,6 @@ The extra ingredients (sin / cos: 1 ulp apart between numpy and torch; the lrelu
 multiplications: 1 rounding each) are of order u. 1e-5 therefore has a 10x margin over typical
 errors and still catches any wrong term (those are O(1) relative errors).
 """
-from tests.kernel_utils import (BACKENDS, assert_bitwise_equal, device_for, needs_triton,  # noqa: I001
-                                run_poisoned)
-
 import math
 import sys
 
@@ -29,8 +26,12 @@ from kernels import SQRT2, fmm_linear, fmm_modulate, nearest_index
 from kernels._common import interpreter_enabled
 from kernels.linear_backward import GRAD_NAMES, fmm_linear_autograd, fmm_linear_backward, scatter_rows
 from kernels.modulate_backward import fmm_modulate_autograd, fmm_modulate_backward
-from kernels.reference import (fmm_linear_backward_reference, fmm_linear_reference_autograd,
-                               fmm_modulate_backward_reference)
+from kernels.reference import (
+    fmm_linear_backward_reference,
+    fmm_linear_reference_autograd,
+    fmm_modulate_backward_reference,
+)
+from tests.kernel_utils import BACKENDS, assert_bitwise_equal, device_for, needs_triton, run_poisoned
 from tests.test_kernels_fmm_linear import make_case, to_device
 
 lb_mod = sys.modules["kernels.linear_backward"]
@@ -142,10 +143,9 @@ def test_fmm_linear_grads_match_autograd_reference(name, backend):
                          f"{name}/{backend} forward")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fmm_linear_backward_direct_api(backend):
-    """fmm_linear_backward called directly: `needs` restricts the work, absent inputs give None,
-    the deterministic result is the same twice (bitwise)."""
+def _all_case_forward(backend):
+    """The 'all' case, its output gradient and the fp64 reference backward, the inputs on the
+    backend's device and the forward output y that the backward takes (without post_add)."""
     kw = _case("all")
     g = _grad_out(kw)
     ref = fmm_linear_backward_reference(g, **kw)
@@ -153,6 +153,14 @@ def test_fmm_linear_backward_direct_api(backend):
     d = to_device(kw, dev)
     y = fmm_linear(**{**d, "post_add": None, "post_index": None}, out_dtype=torch.float32,
                    backend=backend)
+    return kw, g, ref, dev, d, y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fmm_linear_backward_direct_api(backend):
+    """fmm_linear_backward called directly: `needs` restricts the work, absent inputs give None,
+    the deterministic result is the same twice (bitwise)."""
+    kw, g, ref, dev, d, y = _all_case_forward(backend)
     args = dict(out=y, x_index=d["x_index"], emb_A=d["emb_A"], emb_b=d["emb_b"], xs=d["xs"],
                 ys=d["ys"], pre_rows=d["pre_add"].shape[0], pre_index=d["pre_index"],
                 has_bias=True, act=True, clamp=d["clamp"], post_rows=d["post_add"].shape[0],
@@ -221,13 +229,7 @@ def test_reduced_precision_grads(precision, backend):
     backward's rounding is measured): each product has 2 rounded operands (relative error
     <= 2 * 2^-11 / 2 * 2^-8), bounding the relative L2 error of every gradient by that (x 2 for
     the regenerated sin / cos feeding a second GEMM in d A, d b)."""
-    kw = _case("all")
-    g = _grad_out(kw)
-    ref = fmm_linear_backward_reference(g, **kw)
-    dev = device_for(backend)
-    d = to_device(kw, dev)
-    y = fmm_linear(**{**d, "post_add": None, "post_index": None}, out_dtype=torch.float32,
-                   backend=backend)
+    kw, g, ref, dev, d, y = _all_case_forward(backend)
     got = fmm_linear_backward(
         g.to(dev), d["weight"], d["x"], out=y, x_index=d["x_index"], emb_A=d["emb_A"],
         emb_b=d["emb_b"], xs=d["xs"], ys=d["ys"], pre_rows=d["pre_add"].shape[0],

@@ -1,11 +1,6 @@
 """fmm_linear (fused modulated GEMM): Triton (interpreter) and torch paths against the torch
 reference and an independent fp64 numpy statement of the spec; bitwise determinism across tiles;
 index helper; argument checks; custom-op registration."""
-from tests.kernel_utils import (BACKENDS, DEVICE, U32, U_BF16, assert_bitwise_equal,  # noqa: I001
-                                assert_uint8_matches, assert_within, device_for, fixed_order_matmul,
-                                gpu_compile_stats, interpreter_dot_is_fixed_order, needs_triton,
-                                run_poisoned)
-
 import math
 import sys
 import zlib
@@ -15,8 +10,23 @@ import pytest
 import torch
 
 from kernels import SQRT2, fmm_linear, nearest_index
-from kernels.reference import fmm_linear_reference
 from kernels._common import interpreter_enabled
+from kernels.reference import fmm_linear_reference
+from tests.kernel_utils import (
+    BACKENDS,
+    DEVICE,
+    U32,
+    U_BF16,
+    assert_bitwise_equal,
+    assert_uint8_matches,
+    assert_within,
+    device_for,
+    fixed_order_matmul,
+    gpu_compile_stats,
+    interpreter_dot_is_fixed_order,
+    needs_triton,
+    run_poisoned,
+)
 
 linear_mod = sys.modules["kernels.linear"]
 
@@ -70,6 +80,12 @@ def to_device(kw, device):
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
+def _gathered(kw, which):
+    """kw['<which>_add'] in fp64, gathered by kw['<which>_index'] when there is one (which: 'pre', 'post')."""
+    a = kw[f"{which}_add"].double().numpy()
+    return a if kw.get(f"{which}_index") is None else a[kw[f"{which}_index"].numpy()]
+
+
 def naive_fp64(kw, gain=SQRT2):
     """fp64 numpy statement of the spec. The phase is formed in fp32 exactly as the spec orders it
     (A0*x + A1*y + b, separate operations), then everything is fp64. Returns (y, bound terms):
@@ -111,8 +127,7 @@ def naive_fp64(kw, gain=SQRT2):
         Wtrig = np.zeros_like(y)
     pre_abs = np.zeros_like(y)
     if kw.get("pre_add") is not None:
-        p = kw["pre_add"].double().numpy()
-        p = p if kw.get("pre_index") is None else p[kw["pre_index"].numpy()]
+        p = _gathered(kw, "pre")
         y = y + p
         pre_abs = np.abs(p)
     if kw.get("bias") is not None:
@@ -126,8 +141,7 @@ def naive_fp64(kw, gain=SQRT2):
         y = np.clip(y, -kw["clamp"], kw["clamp"])
     post_abs = np.zeros_like(y)
     if kw.get("post_add") is not None:
-        q = kw["post_add"].double().numpy()
-        q = q if kw.get("post_index") is None else q[kw["post_index"].numpy()]
+        q = _gathered(kw, "post")
         y = y + q
         post_abs = np.abs(q)
     return y, dict(G=G, Wtrig=Wtrig, pre_abs=pre_abs, post_abs=post_abs, scale=scale, K=W.shape[1])

@@ -23,7 +23,7 @@ from engine.renderer import Renderer
 from engine.request import RenderRequest
 from engine.segments import SegmentedWriter, SegmentError
 from engine.sink import native_available
-from tests.conftest import REPO, perturbed_generator
+from tests.conftest import REPO, perturbed_generator, saved_checkpoint
 
 av = pytest.importorskip("av")
 
@@ -65,10 +65,7 @@ def listing(folder: Path):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    G = perturbed_generator("tiny-32", 21)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_generator(G, path)
-    return path, G
+    return saved_checkpoint(tmp_path_factory, "tiny-32", 21)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +202,8 @@ def test_manifest_is_append_only(tmp_path, monkeypatch, segments):
     parts = Path(w.parts_dir)
     header = (parts / "manifest.json").read_bytes()
     rewrites = []
-    monkeypatch.setattr("engine.manifest.write_json_atomic", lambda *a, **k: rewrites.append(a))  # the manifest's writer
+    # the manifest's writer, where it lives now
+    monkeypatch.setattr("engine.manifest.write_json_atomic", lambda *a, **k: rewrites.append(a))
     for s in w.pending_segments()[:3]:
         w.write_segment(s.index, [frame])
     assert rewrites == [] and (parts / "manifest.json").read_bytes() == header
