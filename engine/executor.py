@@ -238,3 +238,12 @@ def render_tile(G: Generator, blocks: List[BlockWeights], tile: Tile, scale: int
                     last_rgb_kw=dict(out_dtype=None, out_uint8=True) if to_u8 else None)
     h, w = rects[-1][1] - rects[-1][0], rects[-1][3] - rects[-1][2]
     return img.view(F, h, w, -1)
+
+
+def __getattr__(name: str):
+    """`engine.executor.Renderer` (its home before engine/renderer.py) still imports, lazily:
+    renderer.py imports this module, so an import at the top would be circular."""
+    if name == "Renderer":
+        from .renderer import Renderer
+        return Renderer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
