@@ -386,7 +386,7 @@ def make_cases(op: str, device: torch.device, *, rows: Sequence[str] = CPU_QUICK
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     s = model_shapes(preset)
     E2 = 2 * s.E
-    keep = (lambda c: True) if not channels else (lambda c: c in channels)  # noqa: E731
+    keep = (lambda c: True) if not channels else (lambda c: c in channels)
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     precs = _op_precisions(op, precisions)

@@ -33,5 +33,5 @@ def git_rev() -> Tuple[str, bool]:
         return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     try:
         return git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except Exception:  # noqa: BLE001 - not a git checkout, git missing: still benchmark
+    except Exception:
         return "unknown", False

@@ -352,7 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         import triton
         triton_version = triton.__version__
-    except Exception:  # noqa: BLE001 - report what is there
+    except Exception:
         triton_version = "not installed"
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     rev, dirty = git_rev()

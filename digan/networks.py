@@ -517,7 +517,8 @@ class DiscriminatorEpilogue(nn.Module):
     def __init__(self, in_channels: int, cmap_dim: int, cfg: DiscriminatorConfig):
         super().__init__()
         self.cmap_dim = cmap_dim
-        self.mbstd = MinibatchStdLayer(cfg.mbstd_group_size, cfg.mbstd_num_channels) if cfg.mbstd_num_channels > 0 else None
+        self.mbstd = (MinibatchStdLayer(cfg.mbstd_group_size, cfg.mbstd_num_channels)
+                      if cfg.mbstd_num_channels > 0 else None)
         self.conv = Conv2dLayer(in_channels + cfg.mbstd_num_channels, in_channels, 3, activation="lrelu",
                                 conv_clamp=cfg.conv_clamp)
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")

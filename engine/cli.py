@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import List, Optional
 
 import torch
-from typing import List, Optional
 
 USAGE_EXAMPLES = """examples:
   digan render --seeds 0 --frames 64 --output out.mp4                 default model, 64 frames

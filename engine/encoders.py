@@ -56,7 +56,7 @@ def pyav_codecs() -> Tuple[str, ...]:
     for name, info in CODECS.items():
         try:
             av.codec.Codec(name, "w")
-        except Exception:  # noqa: BLE001 - not in this build
+        except Exception:
             continue
         if info.hardware and not _pyav_opens(av, name):
             continue
@@ -70,7 +70,7 @@ def _pyav_opens(av, name: str) -> bool:
         cc.width, cc.height, cc.pix_fmt, cc.time_base = 256, 256, "yuv420p", Fraction(1, 25)
         cc.open()
         return True
-    except Exception:  # noqa: BLE001 - no device / no driver
+    except Exception:
         return False
 
 
@@ -124,6 +124,6 @@ def probe_encoder(backend: str, codec: str, width: int, height: int, fps: Fracti
             cc.open()
     except (SinkConfigError, MemoryError):
         raise
-    except Exception as exc:  # noqa: BLE001 - the encoder's own refusal, whatever its type
+    except Exception as exc:
         raise SinkConfigError(f"{codec} refuses frames of {width}x{height} ({exc}): render smaller (a lower "
                               "--scale, --crop) or choose another codec") from None

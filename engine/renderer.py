@@ -101,8 +101,8 @@ class Renderer:
             return self._weights[k]
         blocks = self.build_video_weights(k)
         self._weights[k] = blocks
-        size = lambda bl: sum(b.nbytes() for b in bl)  # noqa: E731
-        while len(self._weights) > self._keep and sum(size(v) for v in self._weights.values()) > WEIGHT_CACHE_BYTES:
+        while (len(self._weights) > self._keep
+               and sum(b.nbytes() for bl in self._weights.values() for b in bl) > WEIGHT_CACHE_BYTES):
             self._weights.popitem(last=False)
         return blocks
 

@@ -48,11 +48,11 @@ import re
 import shutil
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from digan.fsio import fsync_and_hash, fsync_dir, sha256_file  # noqa: F401 - sha256_file: tests hash segments with it
+from digan.fsio import fsync_and_hash, fsync_dir, sha256_file
 from digan.fsio import remove_file as _remove_partial
 
 from .codecs import EXT_BY_CONTAINER
-from .concat import Segment, SegmentError, concat_segments, plan_segments  # noqa: F401 - public names
+from .concat import Segment, SegmentError, concat_segments, plan_segments
 from .manifest import PartsFolder, ResumeError, recorded_backends, remove_segment  # noqa: F401 - public names
 from .sink import PngSink, SinkConfigError, SinkSpec, libavcodec_versions, make_spec, open_spec
 
@@ -288,7 +288,7 @@ class SegmentedWriter(PartsFolder):
     def __del__(self) -> None:  # a dropped writer must not keep the folder locked
         try:
             self._release()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass
 
     def _finish(self) -> None:

@@ -268,7 +268,7 @@ class PyAVSink(FrameSink):
             self._closed = True
             try:
                 self._container.close()
-            except Exception:  # noqa: BLE001 - the file is deleted anyway
+            except Exception:
                 pass
         _remove_partial(self.path)
 

@@ -3,8 +3,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digan.train.augment import (AugmentParams, apply_params, augment_frames, augment_pairs, join_pair,
-                                 parse_policy, sample_params, split_pair, translate)
+from digan.train.augment import (
+    AugmentParams,
+    apply_params,
+    augment_frames,
+    augment_pairs,
+    join_pair,
+    parse_policy,
+    sample_params,
+    split_pair,
+    translate,
+)
 
 
 def pairs(b=4, h=16, w=16, seed=0, same_frames=False):

@@ -591,8 +591,8 @@ def test_inference_checks_stored_values_against_shapes():
 
 def test_safetensors_whose_header_length_starts_with_0x80(tmp_path):
     """A header of 0x..80 bytes makes the file's first byte 0x80, like a pickle's: still safetensors."""
-    import json as _json
     from safetensors.torch import save_file
+
     from digan.checkpoint import load_generator, save_generator
     from digan.config import generator_preset
     from digan.networks import Generator

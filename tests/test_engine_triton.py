@@ -1,10 +1,9 @@
 """The engine end to end on the Triton backend (interpreter mode on CPU, compiled on a GPU)
 against the torch backend and the official fixture."""
-import tests.kernel_utils  # noqa: F401  (TRITON_INTERPRET is set by tests/conftest.pytest_configure)
-
 import pytest
 import torch
 
+import tests.kernel_utils  # noqa: F401  (TRITON_INTERPRET is set by tests/conftest.pytest_configure)
 from digan.view import View
 from engine.executor import prepare_video
 from engine.renderer import Renderer

@@ -10,8 +10,6 @@ conv0, per-video rather than per-frame modulated weights, fused vs unfused backw
 gradient is a chain of ~12 layers of sums of <= a few hundred terms, each of relative error
 ~sqrt(n) u = 1e-6; we measure <= 2e-6 (forward 3e-7 .. 7e-7).
 """
-from tests.kernel_utils import needs_triton  # noqa: I001  (sets TRITON_INTERPRET before Triton loads)
-
 import numpy as np
 import pytest
 import torch
@@ -21,6 +19,7 @@ from digan.fast_synthesis import fast_synthesis
 from digan.networks import Generator
 from digan.view import View
 from tests.conftest import rel_l2
+from tests.kernel_utils import needs_triton
 
 PARITY = 1e-5
 
@@ -154,7 +153,7 @@ def test_training_matches_reference(dataset):
     initialised biases: they hold only 20 Adam updates, and Adam divides each gradient element by
     its own running magnitude, so their relative difference is the elementwise relative error of
     small gradient elements (1e-3 .. 1e-2 here, for the reordered reference too)."""
-    from digan.train.loop import Trainer, TrainConfig
+    from digan.train.loop import TrainConfig, Trainer
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)       # fixed CPU reduction order; contention-free on shared cores

@@ -1,19 +1,24 @@
 """fmm_level (one fused kernel per level): Triton (interpreter) against the per-layer Triton chain
 (bitwise), the per-layer torch chain (the spec) and an fp64 numpy statement with a propagated
 rounding bound; tile invariance; poisoned outputs; argument checks; dispatch."""
-from tests.kernel_utils import (BACKENDS, U32, assert_bitwise_equal,  # noqa: I001
-                                assert_uint8_matches, assert_within, device_for, needs_triton,
-                                run_poisoned)
-
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from kernels.level import (fmm_level, fmm_level_chain, fmm_level_reference, fmm_level_triton,
-                           level_config)
+from kernels.level import fmm_level, fmm_level_chain, fmm_level_reference, fmm_level_triton, level_config
 from kernels.linear import SQRT2
+from tests.kernel_utils import (
+    BACKENDS,
+    U32,
+    assert_bitwise_equal,
+    assert_uint8_matches,
+    assert_within,
+    device_for,
+    needs_triton,
+    run_poisoned,
+)
 
 # Interpreter-mode tl.dot is a fixed-order sum here (tests/conftest.fixed_order_dot): the tests
 # check the kernel, not the host BLAS behind numpy's matmul.

@@ -1,13 +1,21 @@
 """fmm_modulate / torgb_modulate: Triton (interpreter) and torch against an fp64 statement of the
 formula, with rounding-model bounds; argument checks; custom-op registration."""
-from tests.kernel_utils import (BACKENDS, U32, U_BF16, assert_bitwise_equal, assert_within,  # noqa: I001
-                                device_for, gpu_compile_stats, needs_triton, run_poisoned)
-
 import pytest
 import torch
 
 from kernels import fmm_modulate, torgb_modulate
 from kernels.reference import fmm_modulate_reference
+from tests.kernel_utils import (
+    BACKENDS,
+    U32,
+    U_BF16,
+    assert_bitwise_equal,
+    assert_within,
+    device_for,
+    gpu_compile_stats,
+    needs_triton,
+    run_poisoned,
+)
 
 # Interpreter-mode tl.dot is a fixed-order sum (tests/conftest.fixed_order_dot): bitwise claims
 # here are about the kernels, not the host BLAS behind numpy's matmul.

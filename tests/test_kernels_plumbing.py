@@ -1,7 +1,5 @@
 """The host plumbing of kernels/ (issue 9): one reference per op, each launch checks its arguments
 once on either backend, one autograd formula per op, one PRECISIONS / COMPUTE_DTYPES."""
-from tests.kernel_utils import BACKENDS, device_for, needs_triton  # noqa: I001
-
 import pytest
 import torch
 
@@ -11,6 +9,7 @@ import kernels.linear_backward as lbw
 import kernels.modulate_backward as mbw
 from kernels._common import COMPUTE_DTYPES, PRECISIONS
 from kernels.reference import REFERENCES, reference
+from tests.kernel_utils import BACKENDS, device_for, needs_triton
 from tests.test_kernels_fmm_linear import make_case, to_device
 
 

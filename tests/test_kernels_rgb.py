@@ -1,13 +1,19 @@
 """to_uint8 and rgb_to_yuv420: Triton (interpreter) and torch give identical bytes, and both equal
 an fp64 statement of the formulas away from rounding boundaries; argument checks; custom ops."""
-from tests.kernel_utils import (BACKENDS, assert_bitwise_equal, assert_uint8_matches,  # noqa: I001
-                                device_for, gpu_compile_stats, needs_triton, run_poisoned)
-
 import numpy as np
 import pytest
 import torch
 
 from kernels import rgb_to_yuv420, to_uint8
+from tests.kernel_utils import (
+    BACKENDS,
+    assert_bitwise_equal,
+    assert_uint8_matches,
+    device_for,
+    gpu_compile_stats,
+    needs_triton,
+    run_poisoned,
+)
 
 KR, KB = 0.2126, 0.0722
 KG = 1 - KR - KB

@@ -9,9 +9,6 @@ rounded in fp32) is off by up to ulp(phase) ~ 16 u at |phase| ~ 10, 32 u at ~30 
 elementwise bounds below are tight enough that it fails them, which a test checks (teeth); the
 GEMM-level bounds are worst-case sums, which random rounding errors never approach.
 """
-from tests.kernel_utils import (BACKENDS, U32, U_BF16, assert_bitwise_equal, assert_within,  # noqa: I001
-                                device_for, run_poisoned)
-
 import inspect
 import math
 import sys
@@ -23,6 +20,7 @@ import torch
 from kernels import fmm_linear
 from kernels.linear import emb_tables, fold_frame_weights, trig_operand_
 from kernels.reference import fmm_linear_reference
+from tests.kernel_utils import BACKENDS, U32, U_BF16, assert_bitwise_equal, assert_within, device_for, run_poisoned
 from tests.test_kernels_fmm_linear import OPERAND_ERR, make_case, to_device
 
 linear_mod = sys.modules["kernels.linear"]

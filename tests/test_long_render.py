@@ -12,8 +12,8 @@ import torch
 
 import engine.precision as ex
 from engine.executor import BIAS_BLOCK
-from engine.renderer import Renderer
 from engine.plan import make_plan
+from engine.renderer import Renderer
 from engine.request import RenderRequest, TimeGrid
 from tests.conftest import perturbed_generator
 

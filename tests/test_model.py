@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digan.config import GeneratorConfig, generator_preset, DiscriminatorConfig, discriminator_preset
+from digan.config import DiscriminatorConfig, GeneratorConfig, discriminator_preset, generator_preset
 from digan.networks import Discriminator, Generator
 from digan.view import View
 from tests.conftest import rel_l2

@@ -99,7 +99,8 @@ def workdir(tmp_path_factory):
 
 def _run(args, cwd, timeout=600):
     env = dict(os.environ, PYTHONPATH=str(REPO), CI="1")
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_readme_has_usage_lines():

@@ -14,7 +14,7 @@ import pytest
 av = pytest.importorskip("av", reason="PyAV is needed to join and decode segments (pip install av)")
 
 from engine import segments as seg_mod  # noqa: E402
-from engine.segments import ResumeError, SegmentError, SegmentedWriter  # noqa: E402
+from engine.segments import ResumeError, SegmentedWriter, SegmentError  # noqa: E402
 from engine.sink import SinkConfigError, native_available  # noqa: E402
 from tests.video_utils import decode_video, first_mismatch, psnr, synthetic_clip, synthetic_frame  # noqa: E402
 

@@ -21,7 +21,8 @@ def synthetic_frame(index: int, height: int = 48, width: int = 64, seed: int = 0
     r = 40 + 150 * u + 30 * np.sin(2 * np.pi * (v + t / 3))
     g = 50 + 120 * v + 40 * np.cos(2 * np.pi * (u - t / 4))
     b = 90 + 80 * (1 - u) * v
-    cx = width * (0.5 + 0.3 * np.cos(t)); cy = height * (0.5 + 0.3 * np.sin(1.3 * t))
+    cx = width * (0.5 + 0.3 * np.cos(t))
+    cy = height * (0.5 + 0.3 * np.sin(1.3 * t))
     disc = np.clip(1.0 - (np.hypot(x - cx, y - cy) - width * 0.15) / 10.0, 0, 1)  # soft edge
     bar_x = (index * 3) % width
     bar = np.clip(1.0 - np.abs(x - bar_x) / 10.0, 0, 1)

@@ -33,8 +33,7 @@ Layout: `_common` (format constants, errors), `standins` (inert stand-ins, the u
 (sniffing, safetensors/torch readers), `loading` (checks and loaders), `saving` (writers, convert),
 `training_state` (the optimizer, RNG and step state of `digan train` snapshots).
 """
-from ._common import (FORMAT, FORMAT_VERSION, KINDS, NETWORK_PREFIXES, CheckpointError, PathLike,
-                      UnsafeCheckpointError)
+from ._common import FORMAT, FORMAT_VERSION, KINDS, NETWORK_PREFIXES, CheckpointError, PathLike, UnsafeCheckpointError
 from .formats import read_metadata
 from .inference import infer_discriminator_config, infer_generator_config
 from .loading import TrainingCheckpoint, load_discriminator, load_generator, load_training, numel_bound
@@ -47,4 +46,6 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "save_generator", "save_discriminator", "save_training",
     "load_generator", "load_discriminator", "load_training", "read_metadata",
     "read_official_pickle", "convert", "infer_generator_config", "infer_discriminator_config",
+    # for tests and tools that inspect files: the format constants, the size bound, plain records
+    "KINDS", "NETWORK_PREFIXES", "PathLike", "numel_bound", "to_plain", "PersistentRecord",
 ]

@@ -5,7 +5,6 @@ import os
 import re
 from typing import Union
 
-
 PathLike = Union[str, os.PathLike]
 
 FORMAT = "digan-engine"

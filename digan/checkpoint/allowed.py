@@ -20,9 +20,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 from ..config import _brief
 from ._common import _first_line, _torch_refusal
-from .standins import (PersistentRecord, _BadData, _Inert, _InertDict, _TypeRef, _charge, _is_constructible, _new,
-                       _pairs)
-
+from .standins import PersistentRecord, _BadData, _charge, _Inert, _InertDict, _is_constructible, _new, _pairs, _TypeRef
 
 # ---- allowed functions (each validates its arguments; none can reach code) -------------------
 

@@ -12,12 +12,20 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..config import DiscriminatorConfig, GeneratorConfig
-from ._common import (CheckpointError, FORMAT, FORMAT_VERSION, KINDS, PathLike, UnsafeCheckpointError, _existing,
-                      _first_line, _torch_refusal)
+from ._common import (
+    FORMAT,
+    FORMAT_VERSION,
+    KINDS,
+    CheckpointError,
+    PathLike,
+    UnsafeCheckpointError,
+    _existing,
+    _first_line,
+    _torch_refusal,
+)
 from .inference import infer_discriminator_config, infer_generator_config
 from .official import OfficialNetwork, _discriminator_hints, _generator_hints, read_official_pickle
 from .standins import MAX_FLAT_ENTRIES
-
 
 # =============================================================================================
 # Reading files

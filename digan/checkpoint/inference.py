@@ -11,7 +11,6 @@ import torch
 from ..config import DiscriminatorConfig, GeneratorConfig, _brief
 from ._common import CheckpointError
 
-
 # =============================================================================================
 # Config inference
 # =============================================================================================

@@ -7,9 +7,8 @@ from typing import Any, Dict, Mapping, Union
 import torch
 
 from ..config import DiscriminatorConfig, GeneratorConfig
-from ._common import CheckpointError, FORMAT, NETWORK_PREFIXES, PathLike, _existing
-from .formats import _Lazy, _Net, _gen_roles, _read_networks, _read_safetensors_header, _sniff
-
+from ._common import FORMAT, NETWORK_PREFIXES, CheckpointError, PathLike, _existing
+from .formats import _gen_roles, _Lazy, _Net, _read_networks, _read_safetensors_header, _sniff
 
 # =============================================================================================
 # Building modules

@@ -16,7 +16,6 @@ from ._common import CheckpointError, PathLike, _existing
 from .standins import MAX_MODULES, MAX_PLAIN_VALUES, PersistentRecord, _Inert, _InertDict, _TypeRef
 from .unpickler import _unpickle
 
-
 # ---- from inert records to plain data -----------------------------------------------------------
 
 def _state_of(obj: Any) -> Optional[dict]:

@@ -14,13 +14,44 @@ import torch
 
 from ..config import _brief
 from ._common import CheckpointError, UnsafeCheckpointError, _first_line
-from .allowed import (_TENSOR_TYPES, _codecs_encode, _copyreg_newobj, _copyreg_newobj_ex, _copyreg_reconstructor,
-                      _defaultdict, _load_storage_from_bytes, _np_dtype, _np_frombuffer, _np_nbytes, _np_reconstruct,
-                      _np_scalar, _rebuild_from_type_v2, _rebuild_parameter, _rebuild_tensor_v1, _rebuild_tensor_v2,
-                      _reconstruct_persistent_obj, _torch_device, _torch_size)
-from .standins import (UNPICKLE_BUDGET_SLACK, _BUDGET, _BadData, _Budget, _Inert, _InertDict, _SAFE_BUILTINS,
-                       _STANDIN_CLASSES, _TypeRef, _charge, _check_key, _construct, _is_constructible, _new, _standin)
-
+from .allowed import (
+    _TENSOR_TYPES,
+    _codecs_encode,
+    _copyreg_newobj,
+    _copyreg_newobj_ex,
+    _copyreg_reconstructor,
+    _defaultdict,
+    _load_storage_from_bytes,
+    _np_dtype,
+    _np_frombuffer,
+    _np_nbytes,
+    _np_reconstruct,
+    _np_scalar,
+    _rebuild_from_type_v2,
+    _rebuild_parameter,
+    _rebuild_tensor_v1,
+    _rebuild_tensor_v2,
+    _reconstruct_persistent_obj,
+    _torch_device,
+    _torch_size,
+)
+from .standins import (
+    _BUDGET,
+    _SAFE_BUILTINS,
+    _STANDIN_CLASSES,
+    UNPICKLE_BUDGET_SLACK,
+    _BadData,
+    _Budget,
+    _charge,
+    _check_key,
+    _construct,
+    _Inert,
+    _InertDict,
+    _is_constructible,
+    _new,
+    _standin,
+    _TypeRef,
+)
 
 # ---- the allow-list ----------------------------------------------------------------------
 

@@ -222,7 +222,8 @@ class Evaluator:
             if dataset is None or dataset.c_dim != G.c_dim:
                 raise ValueError(f"the generator is conditional (c_dim {G.c_dim}); the data must have labels of "
                                  f"the same size (got c_dim {None if dataset is None else dataset.c_dim})")
-            labels = lambda r: torch.stack([dataset.label(int(i) % len(dataset)) for i in r])  # noqa: E731
+            def labels(r):
+                return torch.stack([dataset.label(int(i) % len(dataset)) for i in r])
         clips = generate_clips(G, protocol.num_videos, protocol.frames, protocol.trial_seeds(trial)["fake"],
                                self.gen_batch_size, labels)
         return self.features(clips, protocol.num_videos, f"generated, trial {trial}")
