@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
-from ._triton_common import _block, _colour_uint8, _divmod, _mma, _round_bf16, _trig_xy
+from ._triton_common import _block, _colour_uint8, _divmod, _emb_mma, _mma, _round_bf16
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
@@ -122,15 +122,8 @@ def _fmm_level_kernel(
         mask_n = offs_n < C
         wf_cols = wf_ptr + f * C * (2 * E) + offs_n[None, :] * (2 * E)      # (1, BLOCK_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for e0 in range(0, E, BLOCK_E):
-            e = e0 + tl.arange(0, BLOCK_E)
-            mask_e = e < E
-            s, c = _trig_xy(tx_row, ty_row, e, E, mask_m[:, None] & mask_e[None, :])  # (BLOCK_M, BLOCK_E)
-            w_mask = mask_e[:, None] & mask_n[None, :]
-            w_sin = tl.load(wf_cols + e[:, None], mask=w_mask, other=0.0)  # (BLOCK_E, BLOCK_N)
-            w_cos = tl.load(wf_cols + (E + e)[:, None], mask=w_mask, other=0.0)
-            acc = _mma(s, w_sin, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
-            acc = _mma(c, w_cos, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+        acc = _emb_mma(acc, tx_row, ty_row, wf_cols, E, mask_m, mask_n, BLOCK_E, DOT_PRECISION, BF16_OPERANDS,
+                       INTERPRETER)
         if HAS_PRE:
             acc = acc + tl.load(p_row + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :],
                                 other=0.0).to(tl.float32)

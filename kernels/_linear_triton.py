@@ -11,17 +11,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
-from ._triton_common import (  # noqa: F401 (kernels/_level_triton.py imports _angle_add from here)
-    _angle_add,
-    _block,
-    _colour_uint8,
-    _divmod,
-    _gather_rows,
-    _load_addend,
-    _mma,
-    _round_bf16,
-    _trig_xy,
-)
+from ._triton_common import _block, _colour_uint8, _divmod, _emb_mma, _gather_rows, _load_addend, _mma, _round_bf16
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
@@ -112,16 +102,8 @@ def _fmm_linear_kernel(
         tx_row = tx_ptr + j[:, None] * (2 * E)                    # (BLOCK_M, 1)
         ty_row = ty_ptr + i[:, None] * (2 * E)
         wf_cols = wf_ptr + f * N * (2 * E) + offs_n[None, :] * (2 * E)   # (1, BLOCK_N)
-        for e0 in range(0, E, BLOCK_K):
-            e = e0 + offs_k
-            mask_e = e < E
-            s, c = _trig_xy(tx_row, ty_row, e, E, mask_m[:, None] & mask_e[None, :])   # (BLOCK_M, BLOCK_K)
-            # Padded frequencies (e >= E) and rows load 0: their operand is 0, their weights too.
-            w_mask = mask_e[:, None] & mask_n[None, :]
-            w_sin = tl.load(wf_cols + e[:, None], mask=w_mask, other=0.0)   # (BLOCK_K, BLOCK_N)
-            w_cos = tl.load(wf_cols + (E + e)[:, None], mask=w_mask, other=0.0)
-            acc = _mma(s, w_sin, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
-            acc = _mma(c, w_cos, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+        acc = _emb_mma(acc, tx_row, ty_row, wf_cols, E, mask_m, mask_n, BLOCK_K, DOT_PRECISION, BF16_OPERANDS,
+                       INTERPRETER)
 
     # 4. Epilogue in fp32: + pre[pre_index] + bias, lrelu * gain, clamp, + post[post_index].
     mask = mask_m[:, None] & mask_n[None, :]

@@ -71,6 +71,26 @@ def _trig_xy(tx_row, ty_row, e, E, t_mask):
 
 
 @triton.jit
+def _emb_mma(acc, tx_row, ty_row, wf_cols, E, mask_m, mask_n, BLOCK_E: tl.constexpr,
+             DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr, INTERPRETER: tl.constexpr):
+    """acc += [sin(X + Y), cos(X + Y)] @ [W'_s; W'_c] of the trig-free embedding, frequencies in
+    steps of BLOCK_E from 0 (the reduction order never depends on M): tx_row / ty_row as in
+    _trig_xy, wf_cols (1, BLOCK_N) points at each output column's folded frame weights [W'_s | W'_c]
+    (width 2E). Padded frequencies (e >= E) and rows load 0: their operand is 0, their weights too."""
+    offs_e = tl.arange(0, BLOCK_E)
+    for e0 in range(0, E, BLOCK_E):
+        e = e0 + offs_e
+        mask_e = e < E
+        s, c = _trig_xy(tx_row, ty_row, e, E, mask_m[:, None] & mask_e[None, :])   # (BLOCK_M, BLOCK_E)
+        w_mask = mask_e[:, None] & mask_n[None, :]
+        w_sin = tl.load(wf_cols + e[:, None], mask=w_mask, other=0.0)             # (BLOCK_E, BLOCK_N)
+        w_cos = tl.load(wf_cols + (E + e)[:, None], mask=w_mask, other=0.0)
+        acc = _mma(s, w_sin, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+        acc = _mma(c, w_cos, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+    return acc
+
+
+@triton.jit
 def _divmod(a, b):
     """(a // b, a - (a // b) * b) for a >= 0, b > 0: a row's (frame, pixel) or (tile row, column)."""
     q = a // b

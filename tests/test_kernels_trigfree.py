@@ -272,7 +272,9 @@ def test_no_sin_cos_in_the_gemm_kernel_source():
     kernels/compile_check.py; this is the cheap source-level guard)."""
     from kernels import _linear_backward_triton as B
     from kernels import _linear_triton as L
-    for kernel in (L._fmm_linear_kernel, L._angle_add, B._fmm_bwd_da_kernel, B._fmm_bwd_dw_kernel):
+    from kernels import _triton_common as C
+    for kernel in (L._fmm_linear_kernel, C._angle_add, C._trig_xy, C._emb_mma, B._fmm_bwd_da_kernel,
+                   B._fmm_bwd_dw_kernel):
         assert not _trig_calls(kernel), kernel.fn.__name__
 
 
