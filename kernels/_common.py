@@ -154,6 +154,12 @@ def tf32_round(x: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, rounded, x)
 
 
+def triton_dot_precision(precision: str) -> str:
+    """The Triton kernels' DOT_PRECISION for a precision mode (one place for every launcher):
+    'tf32' -> "tf32", else "ieee" (bf16 operands ignore it)."""
+    return "tf32" if precision == "tf32" else "ieee"
+
+
 def gemm_precision_cast(t: torch.Tensor, precision: str) -> torch.Tensor:
     """fp32 copy of `t` holding the operand values a GEMM sees in `precision` mode."""
     t = t.float()

@@ -46,7 +46,16 @@ from typing import Optional
 
 import torch
 
-from ._common import FLOAT_DTYPES, cdiv, check_index, check_precision, check_tensor, load_triton_module, resolve_backend
+from ._common import (
+    FLOAT_DTYPES,
+    cdiv,
+    check_index,
+    check_precision,
+    check_tensor,
+    load_triton_module,
+    resolve_backend,
+    triton_dot_precision,
+)
 from .linear import SQRT2, _check_fmm_linear, _triton_config, emb_tables, fmm_linear, fold_frame_weights
 
 __all__ = ["FUSED_MAX_CHANNELS", "LevelConfig", "fmm_level", "fmm_level_chain", "fmm_level_reference",
@@ -224,7 +233,7 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
         HAS_CLAMP=clamp is not None, HAS_RGB_CLAMP=rgb_clamp is not None,
         HAS_POST=img is not None, HAS_POST_INDEX=img_index is not None,
         OUT_UINT8=out_uint8,
-        DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
+        DOT_PRECISION=triton_dot_precision(precision),
         BF16_OPERANDS=precision == "bf16",
         INTERPRETER=mod.INTERPRETED,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_C=cfg.BLOCK_C, BLOCK_E=cfg.BLOCK_E, BLOCK_R=cfg.BLOCK_R,

@@ -82,6 +82,7 @@ from ._common import (
     round_up,
     tensor_device,
     tf32_round,
+    triton_dot_precision,
 )
 from ._linear_args import _INT32_MAX, SQRT2, FmmLinearArgs, _args, _check_fmm_linear, _Dims, check_args  # noqa: F401
 
@@ -444,7 +445,7 @@ def _fmm_linear_triton(a: FmmLinearArgs) -> torch.Tensor:
         HAS_BIAS=bias is not None, ACT=a.act, HAS_CLAMP=clamp is not None,
         HAS_POST=post_add is not None, HAS_POST_INDEX=post_index is not None,
         OUT_UINT8=d.out_dtype == torch.uint8,
-        DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
+        DOT_PRECISION=triton_dot_precision(precision),
         BF16_OPERANDS=precision == "bf16",
         INTERPRETER=mod.INTERPRETED,
         ROUND_BF16_STORE=mod.INTERPRETED and d.out_dtype == torch.bfloat16,

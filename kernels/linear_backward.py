@@ -46,7 +46,15 @@ from typing import Iterable, List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F_
 
-from ._common import cdiv, gemm_precision_cast, load_triton_module, resolve_backend, round_up, tensor_device
+from ._common import (
+    cdiv,
+    gemm_precision_cast,
+    load_triton_module,
+    resolve_backend,
+    round_up,
+    tensor_device,
+    triton_dot_precision,
+)
 from ._linear_args import (
     GRAD_NAMES,
     SQRT2,
@@ -353,7 +361,7 @@ def _backward_triton(a: FmmLinearBwdArgs) -> FmmLinearGrads:
     res = dict.fromkeys(GRAD_NAMES)
     need_w, need_x, need_e = need["weight"], need["x"], need["emb_A"] or need["emb_b"]
     cfg = _triton_bwd_config(KX, E, N, M, precision)
-    dot = dict(DOT_PRECISION="tf32" if precision == "tf32" else "ieee",
+    dot = dict(DOT_PRECISION=triton_dot_precision(precision),
                BF16_OPERANDS=precision == "bf16", INTERPRETER=mod.INTERPRETED)
     if g.stride(-1) != 1:
         g = g.contiguous()
