@@ -211,10 +211,13 @@ def prepare_video(G: Generator, ws: torch.Tensor, z_motion: torch.Tensor, Ts: Un
 
 @torch.no_grad()
 def render_tile(G: Generator, blocks: List[BlockWeights], tile: Tile, scale: int, precision: str, backend: str,
-                device: torch.device, out: str = "uint8", geometry: Optional[TileGeometry] = None) -> torch.Tensor:
+                device: torch.device, out: str = "uint8", geometry: Optional[TileGeometry] = None,
+                into: Optional[torch.Tensor] = None) -> torch.Tensor:
     """-> uint8 (F, h, w, 3) (out='uint8') or fp32 (F, h, w, 3) unclipped (out='float').
 
-    geometry: where the tile's indices and coordinates are kept (default: the generator's)."""
+    geometry: where the tile's indices and coordinates are kept (default: the generator's).
+    into: an (F, h, w, 3) view (the tile's place in the chunk's frame buffer) that the last ToRGB
+    stores into directly (no copy of the tile on the Triton backend); returned."""
     prog, default_geometry = _program_and_geometry(G)
     geometry = geometry or default_geometry
     dtype = COMPUTE_DTYPES[precision]
@@ -232,10 +235,14 @@ def render_tile(G: Generator, blocks: List[BlockWeights], tile: Tile, scale: int
                 emb[len(weights)] = dict(emb_A=bw.A, emb_b=bw.b[f0:f1], xs=xs, ys=ys)
             weights.append(lw)
     to_u8 = out == "uint8"
+    last = dict(out_dtype=None, out_uint8=True) if to_u8 else dict(out_dtype=torch.float32)
+    if into is not None:
+        last["out"] = into
     img = run_chain(weights, functools.partial(fmm_linear, precision=precision, backend=backend), index, emb,
                     act_kw=dict(out_dtype=dtype), feat_kw=dict(out_dtype=torch.float32),
-                    rgb_kw=dict(out_dtype=torch.float32),
-                    last_rgb_kw=dict(out_dtype=None, out_uint8=True) if to_u8 else None)
+                    rgb_kw=dict(out_dtype=torch.float32), last_rgb_kw=last)
+    if into is not None:
+        return into
     h, w = rects[-1][1] - rects[-1][0], rects[-1][3] - rects[-1][2]
     return img.view(F, h, w, -1)
 

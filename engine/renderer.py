@@ -124,8 +124,9 @@ class Renderer:
             buffer = torch.empty((f1 - f0, self.H, self.W, 3), dtype=dtype, device=self.device)
         for tile in chunk.tiles:
             r0, r1, c0, c1 = tile.rect
-            buffer[:, r0 - top:r1 - top, c0 - left:c1 - left] = render_tile(
-                self.G, blocks, tile, self.request.view.scale, self.precision, self.backend, self.device, out)
+            # the last ToRGB stores the tile into its place in the buffer (no copy afterwards)
+            render_tile(self.G, blocks, tile, self.request.view.scale, self.precision, self.backend, self.device,
+                        out, into=buffer[:, r0 - top:r1 - top, c0 - left:c1 - left])
         return buffer
 
     def frame_size(self, grid: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:

@@ -16,7 +16,12 @@ from ._triton_common import _block, _colour_uint8, _divmod, _emb_mma, _gather_ro
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
 
-@triton.jit
+# Sizes and the frame-buffer destination change with the view (a crop's tiles are any size, a
+# tile's place in the chunk buffer any offset): left unspecialised, every tile of every view runs
+# the same compiled variant (a 56x72 crop compiled 8 more, 0.6-6 s each). M, TH and TW only enter
+# masks and divisions; the activations' pointers and row strides (channel counts) keep their
+# 16-divisibility hints, which the vectorised loads and stores use.
+@triton.jit(do_not_specialize=["M", "TH", "TW", "frame_ptr", "stride_of", "stride_oi", "stride_oj"])
 def _fmm_linear_kernel(
     x_ptr,             # (MX, KX) activations fp32/bf16, row stride stride_xm
     x_index_ptr,       # (M,) int64: row of x read by output row m (HAS_X_INDEX)
@@ -30,18 +35,22 @@ def _fmm_linear_kernel(
     bias_ptr,          # (N,) bias
     post_ptr,          # (MQ, N) addend after activation/clamp (RGB skip), row stride stride_post
     post_index_ptr,    # (M,) int64: row of post read by output row m (HAS_POST_INDEX)
-    out_ptr,           # (M, N) output fp32/bf16/uint8, row stride stride_om
+    out_ptr,           # (M, N) output fp32/bf16/uint8, row stride stride_om (not OUT_FRAMES)
+    frame_ptr,         # (F, TH, TW, N) output view, strides (stride_of, stride_oi, stride_oj, 1) (OUT_FRAMES)
     M,                 # int: output rows (F * TH * TW when the embedding is on)
     N,                 # int: output channels
     KX,                # int: x channels (0 without x)
     E,                 # int: embedding frequencies (0 without embedding)
-    TH,                # int: tile rows
+    TH,                # int: tile rows (the embedding's, or OUT_FRAMES's view)
     TW,                # int: tile columns
     stride_xm,         # int
     stride_wn,         # int
     stride_pre,        # int
     stride_post,       # int
     stride_om,         # int
+    stride_of,         # int: OUT_FRAMES strides of a frame, a row, a column
+    stride_oi,         # int
+    stride_oj,         # int
     gain,              # fp32: lrelu gain
     clamp,             # fp32: clamp bound (HAS_CLAMP)
     HAS_X: tl.constexpr,
@@ -55,6 +64,7 @@ def _fmm_linear_kernel(
     HAS_POST: tl.constexpr,
     HAS_POST_INDEX: tl.constexpr,
     OUT_UINT8: tl.constexpr,       # store rint((y + 1) * 127.5) clamped to [0, 255] as uint8
+    OUT_FRAMES: tl.constexpr,      # store row m = (f, i, j) at frame_ptr + f*stride_of + i*stride_oi + j*stride_oj
     DOT_PRECISION: tl.constexpr,   # "ieee" (fp32) or "tf32"
     BF16_OPERANDS: tl.constexpr,   # precision 'bf16'
     INTERPRETER: tl.constexpr,     # running in TRITON_INTERPRET (numpy) mode
@@ -121,11 +131,17 @@ def _fmm_linear_kernel(
         y = y + _load_addend(post_ptr, post_index_ptr, offs_m, mask_m, offs_n, mask, stride_post,
                              HAS_POST_INDEX)
 
-    # 5. Masked store, cast once.
-    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    # 5. Masked store, cast once: rows of the (M, N) output, or straight into the view of the
+    #    chunk's frame buffer (the last ToRGB: no copy of the tile afterwards).
+    if OUT_FRAMES:
+        fo, ro = _divmod(offs_m, TH * TW)
+        io, jo = _divmod(ro, TW)
+        out = frame_ptr + (fo * stride_of + io * stride_oi + jo * stride_oj)[:, None] + offs_n[None, :]
+    else:
+        out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     if OUT_UINT8:
         tl.store(out, _colour_uint8(y), mask=mask)
     elif ROUND_BF16_STORE:
         tl.store(out, _round_bf16(y).to(tl.bfloat16), mask=mask)   # interpreter casts truncate
     else:
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)   # bf16: round to nearest even
+        tl.store(out, y.to(out.dtype.element_ty), mask=mask)   # bf16: round to nearest even

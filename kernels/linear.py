@@ -67,7 +67,7 @@ differ from each other only by the GEMMs' summation order.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F_
@@ -76,6 +76,7 @@ from ._common import (
     GEMM_ALIGN_BYTES,
     MIN_GEMM_ROWS,
     cdiv,
+    check_tensor,
     gemm_precision_cast,
     load_triton_module,
     resolve_backend,
@@ -389,14 +390,22 @@ def fmm_linear_triton(weight, x=None, **kw) -> torch.Tensor:
     return _fmm_linear_triton(_args(weight, x, **kw))
 
 
-def _fmm_linear_triton(a: FmmLinearArgs) -> torch.Tensor:
-    """Check (the Triton path's only check) and launch."""
+def _fmm_linear_triton(a: FmmLinearArgs, frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Check (the Triton path's only check) and launch. frames: the (F, h, w, N) view the output
+    is stored into (fmm_linear's out=), else a new (M, N) tensor is returned."""
     d = check_args(a)
     weight, x, x_index, pre_add, pre_index, bias, post_add, post_index, clamp, precision = (
         a.weight, a.x, a.x_index, a.pre_add, a.pre_index, a.bias, a.post_add, a.post_index,
         a.clamp, a.precision)
     resolve_backend("triton", weight.device)
-    out = torch.empty((d.M, d.N), dtype=d.out_dtype, device=weight.device)
+    if frames is None:
+        out = torch.empty((d.M, d.N), dtype=d.out_dtype, device=weight.device)
+        TH, TW = d.TH, d.TW
+        frame_strides = (0, 0, 0)
+    else:
+        TH, TW = check_out_view(frames, d, weight.device)
+        out = frames
+        frame_strides = frames.stride()[:3]
     if d.M == 0:
         return out
     cfg = _triton_config(d.KX, d.E, d.N, precision)
@@ -418,7 +427,7 @@ def _fmm_linear_triton(a: FmmLinearArgs) -> torch.Tensor:
             wf = wf.to(torch.bfloat16)
     if bias is not None:
         bias = bias.contiguous()
-    dummy = out  # pointer for absent operands; never read (their HAS_* flag is off)
+    dummy = weight  # pointer for absent operands; never read (their HAS_* flag is off)
     mod = load_triton_module("_linear_triton")
     mod._fmm_linear_kernel[grid](
         dummy if x is None else x,
@@ -432,19 +441,22 @@ def _fmm_linear_triton(a: FmmLinearArgs) -> torch.Tensor:
         dummy if bias is None else bias,
         dummy if post_add is None else post_add,
         dummy if post_index is None else post_index,
-        out,
-        d.M, d.N, d.KX, d.E, d.TH, d.TW,
+        dummy if frames is not None else out,
+        out if frames is not None else dummy,
+        d.M, d.N, d.KX, d.E, TH, TW,
         x.stride(0) if x is not None else 0,
         weight.stride(0),
         pre_add.stride(0) if pre_add is not None else 0,
         post_add.stride(0) if post_add is not None else 0,
-        out.stride(0),
+        0 if frames is not None else out.stride(0),
+        *frame_strides,
         a.gain, 0.0 if clamp is None else clamp,
         HAS_X=x is not None, HAS_X_INDEX=x_index is not None, HAS_EMB=d.E > 0,
         HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
         HAS_BIAS=bias is not None, ACT=a.act, HAS_CLAMP=clamp is not None,
         HAS_POST=post_add is not None, HAS_POST_INDEX=post_index is not None,
         OUT_UINT8=d.out_dtype == torch.uint8,
+        OUT_FRAMES=frames is not None,
         DOT_PRECISION=triton_dot_precision(precision),
         BF16_OPERANDS=precision == "bf16",
         INTERPRETER=mod.INTERPRETED,
@@ -475,6 +487,46 @@ def _fmm_linear_fake(*args):
     return args[0].new_empty((d.M, d.N), dtype=d.out_dtype)
 
 
+@torch.library.custom_op("digan::fmm_linear_out", mutates_args=("out",))
+def _fmm_linear_out_op(out: torch.Tensor, weight: torch.Tensor, x: Optional[torch.Tensor],
+                       x_index: Optional[torch.Tensor], emb_A: Optional[torch.Tensor],
+                       emb_b: Optional[torch.Tensor], xs: Optional[torch.Tensor], ys: Optional[torch.Tensor],
+                       pre_add: Optional[torch.Tensor], pre_index: Optional[torch.Tensor],
+                       bias: Optional[torch.Tensor], act: bool, gain: float, clamp: Optional[float],
+                       post_add: Optional[torch.Tensor], post_index: Optional[torch.Tensor],
+                       out_dtype: torch.dtype, precision: str) -> None:
+    # digan::fmm_linear storing into `out`, an (F, h, w, N) view (of the renderer's frame buffer).
+    _fmm_linear_triton(FmmLinearArgs(weight, x, x_index, emb_A, emb_b, xs, ys, pre_add, pre_index,
+                                     bias, act, gain, clamp, post_add, post_index, out_dtype,
+                                     precision), frames=out)
+
+
+@_fmm_linear_out_op.register_fake
+def _fmm_linear_out_fake(out, *args):
+    check_out_view(out, check_args(FmmLinearArgs(*args), check_values=False), args[0].device)
+
+
+def check_out_view(out, d, dev: torch.device) -> Tuple[int, int]:
+    """fmm_linear's out=: an (F, h, w, N) view (any strides, unit stride across channels) of
+    out_dtype on `dev` with F*h*w = M rows, (h, w) the embedding's tile when there is one;
+    returns (h, w)."""
+    check_tensor(out, "out", ndim=4, dtypes=(d.out_dtype,), device=dev)
+    F, h, w, N = out.shape
+    if N != d.N or F * h * w != d.M:
+        raise ValueError(f"out has shape {tuple(out.shape)}; the op writes {d.M} rows of {d.N} "
+                         "channels as (frames, rows, columns, channels)")
+    if d.E and (F, h, w) != (d.F, d.TH, d.TW):
+        raise ValueError(f"out has {F} frames of {h}x{w}; the embedding tile is {d.F} of {d.TH}x{d.TW}")
+    if d.N > 1 and out.stride(-1) != 1:
+        raise ValueError(f"out must have unit stride across channels, got strides {tuple(out.stride())}")
+    if any(st < 0 or (st == 0 and n > 1) for st, n in zip(out.stride(), out.shape)) or (
+            torch._debug_has_internal_overlap(out) == 1):
+        raise ValueError(f"out must not overlap itself, got strides {tuple(out.stride())}")
+    if out.requires_grad:
+        raise ValueError("out= does not take a tensor that requires grad")
+    return h, w
+
+
 # ---- dispatch -----------------------------------------------------------------------------------
 
 def fmm_linear(weight: torch.Tensor, x: Optional[torch.Tensor] = None, *,
@@ -486,24 +538,37 @@ def fmm_linear(weight: torch.Tensor, x: Optional[torch.Tensor] = None, *,
                clamp: Optional[float] = None,
                post_add: Optional[torch.Tensor] = None, post_index: Optional[torch.Tensor] = None,
                out_dtype: Optional[torch.dtype] = None, out_uint8: bool = False,
-               precision: str = "fp32", backend: str = "auto") -> torch.Tensor:
+               precision: str = "fp32", backend: str = "auto",
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused modulated 1x1 layer over the rows of one tile (see the module docstring).
 
     weight (N, Kx + 2E); x (Mx, Kx) fp32/bf16 with optional x_index (M,) int64; embedding from
     emb_A (E, 2), emb_b (F, E), xs (w,), ys (h,), all fp32, M = F*h*w; pre_add (Mp, N) with
     pre_index (M,); bias (N,); post_add (Mq, N) with post_index (M,). Returns (M, N) in out_dtype
     (default fp32, bf16 for precision='bf16'), or uint8 colour with out_uint8=True.
-    backend: 'auto' (Triton for CUDA tensors when available, else torch), 'triton', 'torch'."""
+    backend: 'auto' (Triton for CUDA tensors when available, else torch), 'triton', 'torch'.
+    out: an (F, h, w, N) tensor (any strides, unit stride across channels, e.g. a tile's place
+    in a frame buffer) the rows are stored into, (f, i, j) at out[f, i, j]; returns it. The
+    Triton kernel stores there directly; the torch path copies its result in."""
     return fmm_linear_args(_args(weight, x, x_index=x_index, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys,
                                  pre_add=pre_add, pre_index=pre_index, bias=bias, act=act,
                                  gain=gain, clamp=clamp, post_add=post_add, post_index=post_index,
                                  out_dtype=out_dtype, out_uint8=out_uint8, precision=precision),
-                           backend)
+                           backend, out)
 
 
-def fmm_linear_args(a: FmmLinearArgs, backend: str = "auto") -> torch.Tensor:
+def fmm_linear_args(a: FmmLinearArgs, backend: str = "auto", out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """fmm_linear on an FmmLinearArgs: checked once, by the custom op (Triton) or here (torch)."""
-    if resolve_backend(backend, tensor_device(a.weight, "weight")) == "triton":
+    triton_path = resolve_backend(backend, tensor_device(a.weight, "weight")) == "triton"
+    if out is not None:
+        if triton_path:
+            torch.ops.digan.fmm_linear_out(out, *a)
+        else:
+            d = check_args(a)
+            check_out_view(out, d, a.weight.device)
+            out.copy_(_fmm_linear_torch(a, d).view(out.shape))
+        return out
+    if triton_path:
         return torch.ops.digan.fmm_linear(*a)
     return _fmm_linear_torch(a, check_args(a))
 
