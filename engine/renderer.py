@@ -16,7 +16,8 @@ import torch
 from digan.networks import Generator
 from kernels._common import interpreter_enabled
 
-from .executor import BlockWeights, prepare_video, render_tile
+from .executor import BlockWeights, _program_and_geometry, prepare_video, render_tile
+from .graphs import ChunkGraphs, GraphOps
 from .plan import FrameChunk, Plan, make_plan
 from .precision import resolve_precision
 from .request import RenderRequest
@@ -31,6 +32,15 @@ WEIGHT_CACHE_BYTES = 512 << 20
 def _tensors(module: torch.nn.Module):
     yield from module.parameters()
     yield from module.buffers()
+
+
+def _block_tensors(bw: BlockWeights):
+    for lw in bw.layers:
+        yield from (t for t in (lw.W, lw.W_e, lw.bias) if t is not None)
+    if bw.A is not None:
+        yield bw.A
+    if bw.b is not None:                              # the FrameBias's style and motion code
+        yield from (bw.b.w, bw.b.z_motion)
 
 
 def pick_device(request: RenderRequest) -> torch.device:
@@ -55,7 +65,10 @@ class Renderer:
     Codes and labels go to the device once per request; times are made on the device per bias
     block (FrameBias)."""
 
-    def __init__(self, G: Generator, request: RenderRequest, plan: Optional[Plan] = None):
+    def __init__(self, G: Generator, request: RenderRequest, plan: Optional[Plan] = None,
+                 graph_ops: Optional[object] = None, cuda_graphs: bool = True):
+        """graph_ops: capture/replay primitives for chunk graphs (engine/graphs.py); default
+        torch.cuda graphs on CUDA with the Triton backend (cuda_graphs=False: eager launches)."""
         self.G, self.request = G, request
         self.device = pick_device(request)
         self.backend = pick_backend(request, self.device)
@@ -75,6 +88,13 @@ class Renderer:
         cfg = G.cfg
         z, zm, c = request.codes(cfg.z_dim, cfg.w_dim, cfg.c_dim)   # (B, z_dim), (B, w_dim), (B, c_dim)
         self._codes = (z.to(self.device), zm.to(self.device), None if c is None else c.to(self.device))
+        if graph_ops is None and cuda_graphs and self.device.type == "cuda" and self.backend == "triton":
+            graph_ops = GraphOps(self.device)
+        # Chunk graphs (uint8 chunks into a given buffer: the frame stream's); None: eager.
+        self.graphs = (ChunkGraphs(self._render_chunk_eager, _program_and_geometry(self.G)[1], graph_ops)
+                       if graph_ops is not None else None)
+        # Video k+1's weights are prepared on this stream while video k's last chunk renders (CUDA).
+        self._prep_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     @property
     def num_videos(self) -> int:
@@ -116,7 +136,14 @@ class Renderer:
 
     def render_chunk(self, blocks: List[BlockWeights], chunk: FrameChunk, out: str = "uint8",
                      buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """All tiles of a frame chunk assembled: (F, H, W, 3) uint8 (or fp32 for out='float')."""
+        """All tiles of a frame chunk assembled: (F, H, W, 3) uint8 (or fp32 for out='float').
+        A uint8 chunk into a given buffer replays the chunk's graph when graphs are on."""
+        if self.graphs is not None and out == "uint8" and buffer is not None:
+            return self.graphs(blocks, chunk, buffer)
+        return self._render_chunk_eager(blocks, chunk, out, buffer)
+
+    def _render_chunk_eager(self, blocks: List[BlockWeights], chunk: FrameChunk, out: str = "uint8",
+                            buffer: Optional[torch.Tensor] = None, geometry=None) -> torch.Tensor:
         f0, f1 = chunk.frames
         top, _, left, _ = self.request.view.final_rect(self.G.cfg.img_resolution)
         if buffer is None:
@@ -126,7 +153,7 @@ class Renderer:
             r0, r1, c0, c1 = tile.rect
             # the last ToRGB stores the tile into its place in the buffer (no copy afterwards)
             render_tile(self.G, blocks, tile, self.request.view.scale, self.precision, self.backend, self.device,
-                        out, into=buffer[:, r0 - top:r1 - top, c0 - left:c1 - left])
+                        out, geometry=geometry, into=buffer[:, r0 - top:r1 - top, c0 - left:c1 - left])
         return buffer
 
     def frame_size(self, grid: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
@@ -172,11 +199,41 @@ class Renderer:
         return rows, cols
 
     def _video_units(self, videos, start, end) -> Iterator[Tuple[int, FrameChunk, Callable]]:
-        """(video, chunk, fill(buffer=(F, H, W, 3))) for each chunk of each video."""
-        for k in videos:
-            blocks = self.video_weights(k)
-            for chunk in self.plan.chunks(start, end):
+        """(video, chunk, fill(buffer=(F, H, W, 3))) for each chunk of each video. Video k+1's
+        weights are prepared (enqueued, on CUDA on a side stream) before video k's last chunk is
+        handed out, so that on a GPU the two overlap; the bits are the same either way."""
+        videos = list(videos)
+        nxt = self._prefetch(videos[0]) if videos else None
+        for n, k in enumerate(videos):
+            blocks = self._ready(nxt)
+            chunks = self.plan.chunks(start, end)
+            chunk = next(chunks)
+            for following in chunks:
                 yield k, chunk, functools.partial(self.render_chunk, blocks, chunk)
+                chunk = following
+            nxt = self._prefetch(videos[n + 1]) if n + 1 < len(videos) else None
+            yield k, chunk, functools.partial(self.render_chunk, blocks, chunk)
+
+    def _prefetch(self, k: int):
+        """Video k's weights, prepared on the side stream on CUDA: (blocks, event or None)."""
+        if self._prep_stream is None or k in self._weights:
+            return self.video_weights(k), None
+        main = torch.cuda.current_stream(self.device)
+        self._prep_stream.wait_stream(main)           # the codes and G were made on the main stream
+        with torch.cuda.stream(self._prep_stream):
+            blocks = self.video_weights(k)
+            done = torch.cuda.Event()
+            done.record(self._prep_stream)
+        for bw in blocks:                             # made on the side stream, read on the main one
+            for t in _block_tensors(bw):
+                t.record_stream(main)
+        return blocks, done
+
+    def _ready(self, prefetched) -> List[BlockWeights]:
+        blocks, done = prefetched
+        if done is not None:
+            torch.cuda.current_stream(self.device).wait_event(done)
+        return blocks
 
     def _grid_units(self, grid, start, end) -> Iterator[Tuple[int, FrameChunk, Callable]]:
         """(0, chunk, fill(buffer=(F, rows*H, cols*W, 3))): every video into its cell; the empty
