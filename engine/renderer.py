@@ -43,6 +43,10 @@ def _block_tensors(bw: BlockWeights):
         yield from (bw.b.w, bw.b.z_motion)
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
 def pick_device(request: RenderRequest) -> torch.device:
     if request.device is not None:
         return torch.device(request.device)
@@ -192,10 +196,28 @@ class Renderer:
             for i in range(F):
                 yield k, chunk.frames[0] + i, buf[i]
 
+    def video_weight_bytes(self) -> int:
+        """Bytes of one video's prepared weights (every layer's modulated weight in the compute
+        dtype, fp32 biases and embedding frequencies), from the program alone."""
+        act = 2 if self.precision == "bf16" else 4
+        prog = _program_and_geometry(self.G)[0]
+        return sum(layer.c_out * layer.c_in * act + layer.c_out * 4 + (layer.emb // 2) * 2 * 4
+                   for layer in prog.layers)
+
     def _check_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
         rows, cols = grid
         if rows < 1 or cols < 1 or rows * cols < self.num_videos:
             raise ValueError(f"a {rows}x{cols} grid (rows x columns) cannot hold {self.num_videos} videos")
+        # Every chunk of a grid needs every cell's weights, so they are all kept: they must fit
+        # in the memory budget beside the plan's tiles and chunk (checked before anything runs).
+        need = self.num_videos * self.video_weight_bytes()
+        room = self.request.memory_budget - self.plan.tile_bytes - self.plan.chunk_bytes * rows * cols
+        if need > room:
+            raise ValueError(
+                f"a grid of {self.num_videos} videos keeps every video's weights ({_mib(need)}), more than the "
+                f"memory budget leaves beside the tiles ({_mib(max(room, 0))} of {_mib(self.request.memory_budget)}):"
+                f" put fewer seeds in one grid (at most {max(0, room) // self.video_weight_bytes()}) or raise "
+                "--memory-budget")
         return rows, cols
 
     def _video_units(self, videos, start, end) -> Iterator[Tuple[int, FrameChunk, Callable]]:

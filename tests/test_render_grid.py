@@ -33,3 +33,16 @@ def test_bad_grids_refused(tmp_path, capsys, grid, seeds, msg):
     rc, err = run("render", "--grid", grid, "--seeds", seeds, *ARGS, "-o", tmp_path / "x.mkv", capsys=capsys)
     assert rc == 2 and msg in err and "Traceback" not in err, err
     assert not list(tmp_path.iterdir())                                   # nothing created
+
+
+def test_grid_whose_weights_exceed_the_budget_is_refused_before_anything(tmp_path, capsys):
+    """Every cell's weights are kept for the whole grid (each chunk needs them all): 400 videos of
+    the default model (21 KiB each) do not fit beside its 5.4 MiB tile in an 8 MiB budget. The
+    refusal names the limit and comes before any output or parts folder exists."""
+    rc, err = run("render", "--grid", "seeds", "--seeds", "0-399", "--memory-budget", "8M", *ARGS,
+                  "-o", tmp_path / "g.mkv", capsys=capsys)
+    assert rc == 2 and "keeps every video's weights" in err and "--memory-budget" in err, err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+    rc, err = run("render", "--grid", "seeds", "--seeds", "0-3", "--memory-budget", "8M", *ARGS,
+                  "-o", tmp_path / "ok.mkv", capsys=capsys)
+    assert rc == 0, err

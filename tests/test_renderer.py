@@ -62,6 +62,22 @@ def test_grid_prepares_each_videos_weights_once(tiny, monkeypatch):
     assert calls == [0, 1, 2]
 
 
+def test_grid_weights_must_fit_the_memory_budget(tiny):
+    per_video = Renderer(tiny, _req()).video_weight_bytes()
+    assert per_video == sum(b.nbytes() + sum(lw.bias.numel() * 4 for lw in b.layers)
+                            + (b.A.numel() * 4 if b.A is not None else 0)
+                            for b in Renderer(tiny, _req()).video_weights(0))
+    r = Renderer(tiny, _req())
+    budget = r.plan.tile_bytes + 4 * r.plan.chunk_bytes + 3 * per_video     # room for exactly 3 videos
+    fits = Renderer(tiny, dataclasses.replace(_req(), memory_budget=budget), plan=r.plan)
+    assert fits.frame_size((2, 2)) == (2 * r.H, 2 * r.W)
+    tight = Renderer(tiny, dataclasses.replace(_req(), memory_budget=budget - 1), plan=r.plan)
+    with pytest.raises(ValueError, match=r"keeps every video's weights .*\(at most 2\)"):
+        tight.frame_size((2, 2))
+    with pytest.raises(ValueError, match="keeps every video's weights"):
+        next(tight.frames(grid=(2, 2)))
+
+
 def test_bad_grids_are_refused(tiny):
     r = Renderer(tiny, _req())
     with pytest.raises(ValueError, match="cannot hold 3 videos"):
