@@ -11,7 +11,8 @@ runs out is reported as timed out, the others still run):
   render   bench/bench_render.py: eager fp32 reference, torch.compile bf16 max-autotune, engine
            fp32 / tf32 / bf16 at 128²×16 frames×8 videos and 1024²×256 frames; frames/s, speedup,
            peak device memory, MFU against the best matmul rate measured in the same run
-  tiles    host time vs device time (CUDA events) per tile of an engine render, per precision:
+  tiles    host time vs device time (CUDA events) per tile of an engine render, per precision,
+           with eager launches and through the chunk graphs (engine/graphs.py):
            a host time close to the device time means the launches, not the GPU, set the pace
   kernels  bench/bench_kernels.py --quick: every op against its plain-PyTorch equivalent
 Frames go to a null sink (nothing is encoded: the GPU machines have neither PyAV nor FFmpeg).
@@ -44,7 +45,8 @@ BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 MIN_STEP_S = 5.0          # a step is not started with less time than this left
 TEST_FILES = ("tests/test_kernels_fmm_linear.py", "tests/test_kernels_modulate.py",
               "tests/test_kernels_rgb.py", "tests/test_kernels_backward.py",
-              "tests/test_engine_triton.py", "bench/test_bench_kernels.py")
+              "tests/test_engine_triton.py", "tests/test_chunk_graphs.py", "tests/test_kernels_out_view.py",
+              "tests/test_kernels_level.py", "tests/test_kernels_tf32x3.py", "bench/test_bench_kernels.py")
 
 
 @dataclass
@@ -151,8 +153,38 @@ def step_tiles(plan: Plan, dry: bool, save) -> dict:
                     dev.append(d)
         out.append(dict(precision=getattr(r, "precision", precision), size=plan.tiles_size, tiles=len(tiles),
                         backend=r.backend, host_ms=statistics.median(host), device_ms=statistics.median(dev),
-                        events="cuda" if cuda else "host clock (no CUDA)"))
+                        events="cuda" if cuda else "host clock (no CUDA)", mode="eager"))
+        if cuda and r.graphs is not None:
+            out.append(_graph_row(r, blocks, plan.tiles_size))
     return dict(status="ok", rows=out)
+
+
+def _graph_row(r, blocks, size: str) -> dict:
+    """Per tile, through the chunk graphs (engine/graphs.py): host time of one replay (refills
+    and replay call, no sync) and device time between CUDA events, divided by the chunk's tiles.
+    The first pass captures (not timed)."""
+    import torch
+
+    chunks = list(r.plan.chunks())
+    buf = torch.empty((r.plan.frames_per_chunk, r.H, r.W, 3), dtype=torch.uint8, device=r.device)
+    host, dev = [], []
+    for rep in range(3):
+        for chunk in chunks:
+            n = chunk.frames[1] - chunk.frames[0]
+            torch.cuda.synchronize()
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            h0 = time.perf_counter()
+            r.render_chunk(blocks, chunk, buffer=buf[:n])
+            h1 = time.perf_counter()
+            e1.record()
+            e1.synchronize()
+            if rep:
+                host.append((h1 - h0) * 1e3 / len(chunk.tiles))
+                dev.append(e0.elapsed_time(e1) / len(chunk.tiles))
+    return dict(precision=r.precision, size=size, tiles=sum(len(c.tiles) for c in chunks), backend=r.backend,
+                host_ms=statistics.median(host), device_ms=statistics.median(dev), events="cuda",
+                mode=f"cuda graphs ({r.graphs.captures} captured, enabled={r.graphs.enabled})")
 
 
 def step_kernels(plan: Plan, dry: bool, save) -> dict:
@@ -248,11 +280,11 @@ def markdown(report: dict) -> str:
                      f"{_fmt(r.get('mfu'), '.3f')} | {_fmt(None if mem is None else mem / 2**20, '.0f')} |")
     if "tiles" in st:
         lines += ["", f"**Host vs device time per tile** ({st['tiles'].get('status')})", "",
-                  "| size | precision | tiles | host ms / tile | device ms / tile | clock |",
-                  "|---|---|---:|---:|---:|---|"]
+                  "| size | precision | launches | tiles | host ms / tile | device ms / tile | clock |",
+                  "|---|---|---|---:|---:|---:|---|"]
     for r in st.get("tiles", {}).get("rows", []):
-        lines.append(f"| {r['size']} | {r['precision']} | {r['tiles']} | {r['host_ms']:.2f} | "
-                     f"{r['device_ms']:.2f} | {r['events']} |")
+        lines.append(f"| {r['size']} | {r['precision']} | {r.get('mode', 'eager')} | {r['tiles']} | "
+                     f"{r['host_ms']:.2f} | {r['device_ms']:.2f} | {r['events']} |")
     k = st.get("kernels", {})
     if "kernels" in st:
         lines += ["", f"**Kernels** ({k.get('status')}, `bench_kernels.py {' '.join(report['kernels_args'])}`)", ""]
