@@ -14,10 +14,17 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 # The one definition of each; kernels/compile_check.py, engine/ and bench/ import them from here.
-PRECISIONS = ("fp32", "tf32", "bf16")   # GEMM compute modes (see fmm_linear)
+# GEMM compute modes (see fmm_linear): 'fp32' is the fp32 statement (torch: fp32 GEMMs; Triton:
+# 3xTF32 on the tensor cores, within fp32's error bound), 'fp32-ieee' the same statement with
+# Triton's exact-product FMA dot (slow: no tensor cores), 'tf32' / 'bf16' round the operands.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp32-ieee")
 BACKENDS = ("auto", "triton", "torch")
 # Activation / weight dtype of each precision: tf32 keeps fp32 storage (only the GEMM rounds).
-COMPUTE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+COMPUTE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+                  "fp32-ieee": torch.float32}
+# The precisions whose GEMM operands are fp32 values, unrounded (the torch backend runs both as
+# plain fp32 GEMMs; they differ only in the Triton dot, see triton_dot_precision).
+FP32_PRECISIONS = ("fp32", "fp32-ieee")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16)
 INDEX_DTYPES = (torch.int64,)
 
@@ -155,13 +162,16 @@ def tf32_round(x: torch.Tensor) -> torch.Tensor:
 
 
 def triton_dot_precision(precision: str) -> str:
-    """The Triton kernels' DOT_PRECISION for a precision mode (one place for every launcher):
-    'tf32' -> "tf32", else "ieee" (bf16 operands ignore it)."""
-    return "tf32" if precision == "tf32" else "ieee"
+    """The Triton kernels' DOT_PRECISION for a precision mode (one place for every launcher; see
+    kernels/_triton_common._mma): 'fp32' -> "tf32x3" (3xTF32 on the tensor cores), 'tf32' ->
+    "tf32", 'fp32-ieee' -> "ieee" (the exact FMA dot); 'bf16' -> "ieee" (bf16 operands ignore it)."""
+    check_precision(precision)
+    return {"fp32": "tf32x3", "tf32": "tf32"}.get(precision, "ieee")
 
 
 def gemm_precision_cast(t: torch.Tensor, precision: str) -> torch.Tensor:
-    """fp32 copy of `t` holding the operand values a GEMM sees in `precision` mode."""
+    """fp32 copy of `t` holding the operand values a GEMM sees in `precision` mode ('fp32' and
+    'fp32-ieee': the fp32 values themselves; the model of Triton's 3xTF32 is the exact product)."""
     t = t.float()
     if precision == "bf16":
         return t.bfloat16().float()

@@ -9,10 +9,10 @@ GPUTarget("cuda", arch, 32); every `JITFunction.run` is turned into `run(..., wa
 the real binder specialises the arguments exactly as on a GPU (16-divisibility, equal-to-1,
 pointer alignment) and compiles without launching. The launchers then run on CPU tensors: the
 render engine (engine/executor.py) for whole videos and `digan.fast_synthesis` forward + backward
-for a training step, for each official scenario (128², 256²; render and training; fp32, tf32,
-bf16). Outputs of the kernels are never written (nothing is launched), so everything the host
-computes from them is garbage; only the shapes, dtypes, strides and flags matter, and they do not
-depend on values.
+for a training step, for each official scenario (128², 256²; render and training; every precision
+of kernels._common.PRECISIONS: fp32 (3xTF32), tf32, bf16, fp32-ieee). Outputs of the kernels are
+never written (nothing is launched), so everything the host computes from them is garbage; only
+the shapes, dtypes, strides and flags matter, and they do not depend on values.
 
 One record per distinct compiled kernel and arch (identical variants met by several scenarios are
 compiled once, by Triton's own cache, and listed once with every scenario in `scenarios`):
@@ -22,8 +22,12 @@ instructions in the PTX; `fma` also for kernels without a GEMM), transcendentals
 sinf/cosf bodies and sin/cos.approx instructions inside loops of the PTX: the K loops), plus the
 constexprs and the specialisation.
 
+Each record's precision is the mode that launched it, read from its DOT_PRECISION constexpr
+("tf32x3" -> fp32, "tf32" -> tf32, "ieee" -> fp32-ieee; BF16_OPERANDS -> bf16); kernels without
+that switch (the modulate and colour kernels) are fp32 with exact FMA dots.
+
 It fails (exit 1) when a variant does not compile, spills, needs more shared memory than the arch
-has, or is a bf16 / tf32 GEMM that is not `wgmma` on sm_90. Bad arguments exit 2.
+has, or is a bf16 / tf32 / fp32 (3xTF32) GEMM that is not `wgmma` on sm_90. Bad arguments exit 2.
 """
 from __future__ import annotations
 
@@ -179,12 +183,24 @@ def run_ptxas(ptx: str, arch: int, fp_fusion: bool) -> str:
     return r.stderr
 
 
+# DOT_PRECISION (kernels._common.triton_dot_precision) -> the precision mode that launches it.
+_DOT_PRECISIONS = {"tf32x3": "fp32", "tf32": "tf32", "ieee": "fp32-ieee"}
+
+
 def _precision_of(constexprs: dict) -> str:
     if constexprs.get("BF16_OPERANDS"):
         return "bf16"
     if "DOT_PRECISION" in constexprs:
-        return "tf32" if constexprs["DOT_PRECISION"] == "tf32" else "fp32"
-    return "fp32"     # no operand-precision switch: the kernel computes in fp32
+        return _DOT_PRECISIONS.get(constexprs["DOT_PRECISION"], "?")
+    return "fp32"     # no operand-precision switch: the kernel computes in fp32 (exact FMA dots)
+
+
+def _on_tensor_cores(r: "Record") -> bool:
+    """Whether the record's GEMM is meant for tensor cores: bf16, tf32, and fp32 as 3xTF32 (a
+    kernel without the DOT_PRECISION switch, such as the modulate kernels, keeps its FMA dot)."""
+    if r.precision in ("bf16", "tf32"):
+        return True
+    return r.precision == "fp32" and r.constexprs.get("DOT_PRECISION") == "tf32x3"
 
 
 def _constexprs(kernel) -> dict:
@@ -239,8 +255,9 @@ def failures_of(r: Record) -> List[str]:
     if r.smem_bytes is not None and r.smem_bytes > SMEM_LIMIT.get(r.arch, 0):
         out.append(f"needs {r.smem_bytes} bytes of shared memory, sm_{r.arch} has "
                    f"{SMEM_LIMIT.get(r.arch)}")
-    if r.arch == 90 and r.has_dot and r.precision in ("bf16", "tf32") and r.mma != "wgmma":
-        out.append(f"{r.precision} GEMM compiled to {r.mma}, not wgmma")
+    if r.arch == 90 and r.has_dot and _on_tensor_cores(r) and r.mma != "wgmma":
+        label = "fp32 (3xTF32)" if r.precision == "fp32" else r.precision
+        out.append(f"{label} GEMM compiled to {r.mma}, not wgmma")
     return out
 
 

@@ -23,7 +23,9 @@ xs, ys and the indices get no gradient. The clamp mask is taken from the clamped
 element exactly at +-clamp before clamping gets no gradient (autograd's clamp passes it); this has
 probability zero for real data. Straight-through for operand rounding: with precision 'tf32' or
 'bf16' the backward GEMMs round their operands the same way and the gradient of a rounded operand
-is passed to the unrounded one.
+is passed to the unrounded one. 'fp32' and 'fp32-ieee' are the fp32 statement: the torch backend
+runs both as fp32 GEMMs; the Triton kernels run 'fp32' as 3xTF32 on the tensor cores and
+'fp32-ieee' as exact-product FMA dots (kernels/_triton_common._mma).
 
 Entry points:
     fmm_linear_backward(grad_out, weight, x, *, out=..., ...) -> FmmLinearGrads   (dispatch)
@@ -47,6 +49,7 @@ import torch
 import torch.nn.functional as F_
 
 from ._common import (
+    FP32_PRECISIONS,
     cdiv,
     gemm_precision_cast,
     load_triton_module,
@@ -199,8 +202,8 @@ def _dy_prime(g, out, act, gain, clamp):
 
 
 def _q(t, precision):
-    """The GEMM operand a backward GEMM sees (fp32 mode and fp64 tensors: unchanged)."""
-    if precision == "fp32" or t.dtype == torch.float64:
+    """The GEMM operand a backward GEMM sees (fp32 / fp32-ieee and fp64 tensors: unchanged)."""
+    if precision in FP32_PRECISIONS or t.dtype == torch.float64:
         return t
     return gemm_precision_cast(t, precision)
 
@@ -320,12 +323,15 @@ def _triton_bwd_config(KX: int, E: int, N: int, M: int, precision: str) -> dict:
     split = max(1, min(_DW_MAX_SPLIT, M // _DW_SPLIT_ROWS))
     rows_per_split = round_up(cdiv(max(M, 1), split), wide)
     dw = dict(BLOCK_M=wide, BLOCK_N=bn_out, BLOCK_K=32, num_warps=4)
-    if precision != "fp32":
-        # The dW dot is (BLOCK_N, BLOCK_M) @ (BLOCK_M, BLOCK_K): Hopper's wgmma needs its M side,
-        # BLOCK_N here, to be >= 64 (ToRGB's N = 3 got mma.sync); rows past N are masked off.
+    if precision != "fp32-ieee":
+        # Tensor-core dots (bf16, tf32, and fp32 as 3xTF32). The dW dot is (BLOCK_N, BLOCK_M) @
+        # (BLOCK_M, BLOCK_K): Hopper's wgmma needs its M side, BLOCK_N here, to be >= 64 (ToRGB's
+        # N = 3 got mma.sync); rows past N are masked off. 3xTF32 (hi and lo operand tiles) fits
+        # the tf32 tiles: dW 96-146 registers on sm_90 (wgmma), 128-158 on sm_80, dA 85-148 /
+        # 96-168, no spill (python -m kernels.compile_check).
         dw["BLOCK_N"] = 64
     elif E:
-        # fp32 with the embedding (two FMA accumulators plus the embedding operand built in the
+        # fp32-ieee with the embedding (two FMA accumulators plus the embedding operand built in the
         # prologue): 64x32 on 4 warps got 32 registers and 4.4 KB spill stores on sm_90 and sm_80
         # (with libdevice sin/cos in the loop); 64x16 on 8 warps spills nothing on either arch,
         # before and after the trig-free embedding (make compile-check). The row step BLOCK_M,

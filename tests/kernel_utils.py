@@ -223,7 +223,7 @@ def gpu_compile_stats(which: str, timeout: float = 600.0) -> dict:
     GPU is needed, only the triton wheel's compiler (kernels/compile_check.py's stand-in driver:
     the launchers run on CPU tensors, the binder specialises as on a GPU, nothing is launched).
     Returns {variant: {ptx instruction: count}} so tests can check the generated code (e.g. no
-    TF32 MMA in fp32 mode, no approximate sin). Variants are named '<launch>' ('<precision>-<layer>'
+    tensor-core MMA in fp32-ieee mode, no approximate sin). Variants are named '<launch>' ('<precision>-<layer>'
     for 'linear'), or '<launch>:<kernel>' for 'backward' (one launch runs several kernels)."""
     import json
     import subprocess
@@ -249,6 +249,7 @@ def _launches(which: str) -> dict:
     the official 128x128 model's layer shapes (values never matter: nothing is launched)."""
     import torch
 
+    from kernels._common import PRECISIONS
     e = torch.empty
     E, C, T, side = 128, 512, 2, 32                  # frequencies, channels, frames, tile side
     M = T * side * side
@@ -257,7 +258,7 @@ def _launches(which: str) -> dict:
     out = {}
     if which == "linear":
         from kernels.linear import fmm_linear_triton as lin
-        for p in ("fp32", "tf32", "bf16"):
+        for p in PRECISIONS:
             dt = torch.bfloat16 if p == "bf16" else torch.float32
             act = dict(bias=e(C), act=True, clamp=256.0, precision=p, out_dtype=dt)
             out[f"{p}-emb"] = lambda act=act: lin(e(C, 2 * E).to(act["out_dtype"]), None, **emb(), **act)
@@ -283,7 +284,7 @@ def _launches(which: str) -> dict:
     elif which == "backward":
         from kernels.linear_backward import fmm_linear_backward_triton as bwd
         from kernels.modulate_backward import fmm_modulate_backward_triton
-        for p in ("fp32", "tf32", "bf16"):
+        for p in PRECISIONS:
             g = lambda n=C: e(M, n)                                                 # noqa: E731
             out[f"{p}-emb"] = lambda p=p: bwd(g(), e(C, 2 * E), None, out=g(), **emb(), has_bias=True,
                                               act=True, clamp=256.0, precision=p)

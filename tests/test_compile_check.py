@@ -68,6 +68,7 @@ def test_transcendentals_counted_inside_loops_only():
     (dict(arch=80, smem_bytes=C.SMEM_LIMIT[80] + 1), "shared memory"),
     (dict(precision="bf16", mma="fma"), "not wgmma"),
     (dict(precision="tf32", mma="mma.sync"), "not wgmma"),
+    (dict(precision="fp32", mma="fma", constexprs=dict(DOT_PRECISION="tf32x3")), "3xTF32"),
     (dict(regs=None, spill_bytes=None), "no register"),
     (dict(error="PTXASError: boom"), "does not compile"),
 ])
@@ -81,6 +82,9 @@ def test_failure_rules(kw, why):
     dict(precision="bf16", mma="wgmma", smem_bytes=C.SMEM_LIMIT[90]),
     dict(arch=80, precision="bf16", mma="mma.sync"),          # sm_80 has no wgmma
     dict(precision="bf16", mma="fma", has_dot=False),         # no GEMM: nothing to put on tensor cores
+    dict(precision="fp32-ieee", constexprs=dict(DOT_PRECISION="ieee")),   # the exact FMA dot
+    dict(precision="fp32", mma="wgmma", constexprs=dict(DOT_PRECISION="tf32x3")),
+    dict(arch=80, precision="fp32", mma="mma.sync", constexprs=dict(DOT_PRECISION="tf32x3")),
 ])
 def test_passing_records(kw):
     assert C.failures_of(_rec(**kw)) == []
@@ -89,7 +93,19 @@ def test_passing_records(kw):
 def test_official_scenarios_cover_the_presets():
     names = {s.name for s in C.official_scenarios()}
     assert names == {f"{m}-{r}-{p}" for m in ("render", "train") for r in (128, 256)
-                     for p in ("fp32", "tf32", "bf16")}
+                     for p in ("fp32", "tf32", "bf16", "fp32-ieee")}
+
+
+@pytest.mark.parametrize("constexprs, precision", [
+    (dict(DOT_PRECISION="tf32x3", BF16_OPERANDS=False), "fp32"),
+    (dict(DOT_PRECISION="tf32", BF16_OPERANDS=False), "tf32"),
+    (dict(DOT_PRECISION="ieee", BF16_OPERANDS=False), "fp32-ieee"),
+    (dict(DOT_PRECISION="ieee", BF16_OPERANDS=True), "bf16"),
+    (dict(BLOCK=256), "fp32"),                     # no operand-precision switch (modulate, colour)
+])
+def test_precision_of_a_variant(constexprs, precision):
+    # Every mode's DOT_PRECISION maps back to the mode (the scenario check relies on it).
+    assert C._precision_of(constexprs) == precision
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -7,7 +7,7 @@ import kernels
 import kernels.linear as lin
 import kernels.linear_backward as lbw
 import kernels.modulate_backward as mbw
-from kernels._common import COMPUTE_DTYPES, PRECISIONS
+from kernels._common import COMPUTE_DTYPES, FP32_PRECISIONS, PRECISIONS, triton_dot_precision
 from kernels.reference import REFERENCES, reference
 from tests.kernel_utils import BACKENDS, device_for, needs_triton
 from tests.test_kernels_fmm_linear import make_case, to_device
@@ -26,8 +26,16 @@ def test_one_reference_per_op():
 
 
 def test_one_precision_table():
-    assert PRECISIONS == tuple(COMPUTE_DTYPES) == ("fp32", "tf32", "bf16")
+    assert PRECISIONS == tuple(COMPUTE_DTYPES) == ("fp32", "tf32", "bf16", "fp32-ieee")
     assert COMPUTE_DTYPES["tf32"] == torch.float32 and COMPUTE_DTYPES["bf16"] == torch.bfloat16
+    assert COMPUTE_DTYPES["fp32-ieee"] == torch.float32
+    # The Triton dot of each mode (kernels/_triton_common._mma): fp32 on the tensor cores as
+    # 3xTF32, the exact FMA dot kept selectable as fp32-ieee.
+    assert {p: triton_dot_precision(p) for p in PRECISIONS} == {
+        "fp32": "tf32x3", "tf32": "tf32", "bf16": "ieee", "fp32-ieee": "ieee"}
+    assert FP32_PRECISIONS == ("fp32", "fp32-ieee")
+    with pytest.raises(ValueError, match="precision"):
+        triton_dot_precision("ieee")
 
 
 def _counting(monkeypatch, module, name):
