@@ -2,11 +2,12 @@
 the checks and the launcher).
 
 One CTA owns BLOCK_M rows of one frame and every channel of the level. A layer's output is
-computed in column tiles of BLOCK_C, one (BLOCK_M, BLOCK_C) fp32 accumulator at a time, and kept
-in registers as a tuple of those tiles: tile t of one layer is K chunk t of the next. BLOCK_C is
-the per-layer kernel's K step (kernels/linear._triton_config), so every output element is reduced
-over K in the same chunks and order as in the per-layer chain:
-    acc += h[k] @ W[tile, k-chunk]^T   for k = 0, 1, ...      (BLOCK_M, BLOCK_C) x (BLOCK_C, BLOCK_C)
+computed in tiles of BLOCK_C channels, one fp32 accumulator at a time, and kept as a tuple of
+those tiles: tile t of one layer is K chunk t of the next. BLOCK_C is the per-layer kernel's K
+step (kernels/linear._triton_config), so every output element is reduced over K in the same
+chunks and order as in the per-layer chain. conv0 runs in the per-layer orientation (the shared
+trig-free step), the convs and the ToRGB transposed, the activation chunk as the B operand:
+    acc^T += W[tile, k-chunk] @ h^T[k]   for k = 0, 1, ...    (BLOCK_C, BLOCK_C) x (BLOCK_C, BLOCK_M)
 
 Launch with enable_fp_fusion=False, as the per-layer kernel (the trig-free operand and the
 epilogue are specified as separate fp32 multiplies and adds).
@@ -15,15 +16,23 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
-from ._triton_common import _block, _colour_uint8, _divmod, _emb_mma, _mma, _round_bf16
+from ._triton_common import (
+    _block,
+    _colour_uint8,
+    _divmod,
+    _emb_mma,
+    _mma,
+    _round_bf16,
+    _round_tf32,
+)
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
 
 
 @triton.jit
-def _act_epilogue(y, b_ptr, offs_c, mask_c, gain, clamp, HAS_CLAMP: tl.constexpr):
-    """y + bias, lrelu * gain, clamp: the per-layer epilogue's op order (fp32)."""
-    y = y + tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+def _act(y, b, gain, clamp, HAS_CLAMP: tl.constexpr):
+    """y + bias (b broadcast to y), lrelu * gain, clamp: the per-layer epilogue's op order (fp32)."""
+    y = y + b
     y = tl.where(y > 0, y, y * 0.2) * gain
     if HAS_CLAMP:
         y = tl.minimum(tl.maximum(y, -clamp), clamp)
@@ -43,6 +52,38 @@ def _as_activation(y, ROUND_BF16: tl.constexpr, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
+def _mma_t(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
+           INTERPRETER: tl.constexpr):
+    """acc^T += a @ b, the transposed form of the per-layer product acc += b^T @ a^T, with the
+    per-layer bits: the same products summed in the same order. Only 3xTF32 is not symmetric in
+    its operands (_triton_common._mma adds x_lo @ y_hi, then x_hi @ y_lo, then x_hi @ y_hi for
+    x @ y): with x = b^T, y = a^T its terms are a_hi @ b_lo, a_lo @ b_hi, a_hi @ b_hi here."""
+    if DOT_PRECISION == "tf32x3" and not BF16_OPERANDS:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+        a_hi = _round_tf32(a)
+        b_hi = _round_tf32(b)
+        a_lo = _round_tf32(a - a_hi)
+        b_lo = _round_tf32(b - b_hi)
+        acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+        acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    else:
+        return _mma(a, b, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+
+
+@triton.jit
+def _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_k, C: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              BF16_OPERANDS: tl.constexpr, INTERPRETER: tl.constexpr):
+    """rgb^T (BLOCK_R, BLOCK_M) += W_rgb[:, chunk] (BLOCK_R, BLOCK_C) @ y^T (BLOCK_C, BLOCK_M): the
+    ToRGB's K step on one chunk of the last activation, as soon as the chunk exists."""
+    w = tl.load(wr_ptr + offs_r[:, None] * C + offs_k[None, :],
+                mask=mask_r[:, None] & (offs_k < C)[None, :], other=0.0)          # (BLOCK_R, BLOCK_C)
+    return _mma_t(w, yT, rgb, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+
+
+@triton.jit(do_not_specialize=["TH", "TW", "stride_of", "stride_oi", "stride_oj"],
+            do_not_specialize_on_alignment=["out_ptr"])
 def _fmm_level_kernel(
     wf_ptr,            # (F, C, 2E) conv0's folded embedding weights [W'_sin(f) | W'_cos(f)], contiguous
     tx_ptr,            # (TW, 2E) fp32 [sin X | cos X] per tile column, contiguous
@@ -56,12 +97,14 @@ def _fmm_level_kernel(
     br_ptr,            # (R,) ToRGB bias
     post_ptr,          # (MQ, R) parent image (skip), row stride stride_post
     post_index_ptr,    # (M,) int64: row of post read by row m (HAS_POST_INDEX)
-    out_ptr,           # (M, R) image fp32 or uint8, row stride stride_om
-    TH,                # int: tile rows
-    TW,                # int: tile columns
+    out_ptr,           # (F, TH, TW, R) image fp32 or uint8, strides (stride_of, stride_oi, stride_oj, 1)
+    TH,                # int: tile rows (not specialised: every crop size shares one variant)
+    TW,                # int: tile columns (idem)
     stride_pre,        # int
     stride_post,       # int
-    stride_om,         # int
+    stride_of,         # int: output frame stride (not specialised: a view into any frame buffer)
+    stride_oi,         # int: output row stride
+    stride_oj,         # int: output column stride
     gain,              # fp32: lrelu gain of the convs
     clamp,             # fp32: clamp of the convs (HAS_CLAMP)
     rgb_clamp,         # fp32: clamp of the ToRGB (HAS_RGB_CLAMP)
@@ -77,18 +120,23 @@ def _fmm_level_kernel(
     HAS_CLAMP: tl.constexpr,       # clamp the convs' activations
     HAS_RGB_CLAMP: tl.constexpr,   # clamp the ToRGB output (before the skip)
     OUT_UINT8: tl.constexpr,       # store rint((y + 1) * 127.5) clamped to [0, 255] as uint8
-    DOT_PRECISION: tl.constexpr,   # "ieee" (fp32) or "tf32"
+    DOT_PRECISION: tl.constexpr,   # tl.dot input_precision of fp32 operands (kernels._common)
     BF16_OPERANDS: tl.constexpr,   # precision 'bf16': operands and activations bf16
     INTERPRETER: tl.constexpr,     # running in TRITON_INTERPRET (numpy) mode
     BLOCK_M: tl.constexpr,         # rows per CTA
     BLOCK_N: tl.constexpr,         # output column tile of conv0 and the convs (= BLOCK_C)
     BLOCK_C: tl.constexpr,         # channel chunk = the per-layer K step of the convs and ToRGB
     BLOCK_E: tl.constexpr,         # frequency step = the per-layer K step of the embedding GEMM
-    BLOCK_R: tl.constexpr,         # padded image channels (tl.dot needs N >= 16)
+    BLOCK_R: tl.constexpr,         # padded image channels (a dot tile needs >= 16)
 ):
     # Channels padded to CP (a power of 2, >= BLOCK_C); padded channels have zero weights and
-    # bias, so their activations are 0 and add nothing. A layer's output is computed in NT column
-    # tiles of BLOCK_C (= BLOCK_N): tile t is chunk t of the activation, the next layer's K step.
+    # bias, so their activations are 0 and add nothing. A layer's output is computed in NT tiles of
+    # BLOCK_C channels (= BLOCK_N): tile t is chunk t of the activation, the next layer's K step.
+    # The convs run transposed, out^T (channels, rows) = W h^T, so that each activation chunk
+    # h^T[k] (BLOCK_C, BLOCK_M) is the dot's B operand: on sm_90 wgmma reads it from shared
+    # memory, so the activation is not held in registers between layers (it was: 152 B spilled
+    # at 255 registers, C = 256). out^T[n, m] = sum_k W[n, k] h[m, k] is the same sum of the same
+    # products in the same K order as out = h W^T: the same bits.
     tl.static_assert(BLOCK_N == BLOCK_C, "one column tile is one activation chunk")
     NT: tl.constexpr = CP // BLOCK_N
     # 1. Rows: program p is row block p % tiles_per_frame of frame p // tiles_per_frame (a block
@@ -101,13 +149,17 @@ def _fmm_level_kernel(
     offs_m = f * hw + r                                                     # (BLOCK_M,) int64
     offs_t = tl.arange(0, BLOCK_N)
     offs_b = tl.arange(0, BLOCK_C)
-
-    # 2. conv0 per column tile: acc (BLOCK_M, BLOCK_N) += [sin(X+Y), cos(X+Y)] chunk @ the frame's
-    #    folded weights (the per-layer kernel's step 3, the same frequency steps); then
-    #    + pre[pre_index] (the parent part of split conv0), + bias, lrelu, clamp.
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < R
     i, j = _divmod(r, TW)
     i = tl.where(mask_m, i, 0)
     j = tl.where(mask_m, j, 0)
+    rgb = tl.zeros((BLOCK_R, BLOCK_M), dtype=tl.float32)                    # the image, transposed
+
+    # 2. conv0 per column tile, in the per-layer orientation (the shared trig-free step):
+    #    acc (BLOCK_M, BLOCK_N) += [sin(X+Y), cos(X+Y)] chunk @ the frame's folded weights (the
+    #    per-layer kernel's frequency steps); + pre[pre_index] (the parent part of split conv0),
+    #    + bias, lrelu, clamp; the chunk is kept transposed (BLOCK_N, BLOCK_M) for the convs.
     tx_row = tx_ptr + j[:, None] * (2 * E)                                  # (BLOCK_M, 1)
     ty_row = ty_ptr + i[:, None] * (2 * E)
     if HAS_PRE:
@@ -120,57 +172,61 @@ def _fmm_level_kernel(
     for t in tl.static_range(NT):
         offs_n = t * BLOCK_N + offs_t
         mask_n = offs_n < C
-        wf_cols = wf_ptr + f * C * (2 * E) + offs_n[None, :] * (2 * E)      # (1, BLOCK_N)
+        wf_cols = wf_ptr + f * C * (2 * E) + offs_n[None, :] * (2 * E)  # (1, BLOCK_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc = _emb_mma(acc, tx_row, ty_row, wf_cols, E, mask_m, mask_n, BLOCK_E, DOT_PRECISION, BF16_OPERANDS,
-                       INTERPRETER)
+        acc = _emb_mma(acc, tx_row, ty_row, wf_cols, E, mask_m, mask_n, BLOCK_E, DOT_PRECISION,
+                       BF16_OPERANDS, INTERPRETER)
         if HAS_PRE:
             acc = acc + tl.load(p_row + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :],
                                 other=0.0).to(tl.float32)
-        h = h + (_as_activation(_act_epilogue(acc, b0_ptr, offs_n, mask_n, gain, clamp, HAS_CLAMP),
-                                BF16_OPERANDS, INTERPRETER),)
+        b = tl.load(b0_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        yT = tl.trans(_as_activation(_act(acc, b, gain, clamp, HAS_CLAMP), BF16_OPERANDS, INTERPRETER))
+        if L == 0:
+            rgb = _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_n, C, DOT_PRECISION, BF16_OPERANDS,
+                            INTERPRETER)
+        else:
+            h = h + (yT,)
 
-    # 3. The following convs, per column tile: acc += h[k] @ W[tile, k-chunk]^T for k = 0, 1, ...
-    #    (the per-layer kernel's K steps in its order), epilogue, chunks of the new activation.
+    # 3. The following convs, per tile of output channels: acc^T += W[tile, k-chunk] @ h^T[k] for
+    #    k = 0, 1, ... (the per-layer kernel's K steps in its order), epilogue, chunk t of the new
+    #    activation; the last conv's chunks go straight into the ToRGB's K steps (the same chunks
+    #    in the same order as the per-layer ToRGB), so the last activation is never kept.
     for layer in tl.static_range(L):
         h_new = ()
         for t in tl.static_range(NT):
             offs_n = t * BLOCK_N + offs_t
             mask_n = offs_n < C
-            w_rows = wc_ptr + layer * C * C + offs_n[None, :] * C           # (1, BLOCK_N)
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            w_rows = wc_ptr + layer * C * C + offs_n[:, None] * C           # (BLOCK_N, 1)
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for k in tl.static_range(CP // BLOCK_C):
                 offs_k = k * BLOCK_C + offs_b
-                w = tl.load(w_rows + offs_k[:, None], mask=(offs_k < C)[:, None] & mask_n[None, :],
-                            other=0.0)                                      # (BLOCK_C, BLOCK_N)
-                acc = _mma(h[k], w, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
-            y = _act_epilogue(acc, bc_ptr + layer * C, offs_n, mask_n, gain, clamp, HAS_CLAMP)
-            h_new = h_new + (_as_activation(y, BF16_OPERANDS, INTERPRETER),)
+                w = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < C)[None, :],
+                            other=0.0)                                      # (BLOCK_N, BLOCK_C)
+                acc = _mma_t(w, h[k], acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+            b = tl.load(bc_ptr + layer * C + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+            yT = _as_activation(_act(acc, b, gain, clamp, HAS_CLAMP), BF16_OPERANDS, INTERPRETER)
+            if layer == L - 1:
+                rgb = _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_n, C, DOT_PRECISION, BF16_OPERANDS,
+                                INTERPRETER)
+            else:
+                h_new = h_new + (yT,)
         h = h_new
 
-    # 4. ToRGB (no activation) + clamp + the parent image by index (the skip).
-    offs_r = tl.arange(0, BLOCK_R)
-    mask_r = offs_r < R
-    rgb = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k in tl.static_range(CP // BLOCK_C):
-        offs_k = k * BLOCK_C + offs_b
-        w = tl.load(wr_ptr + offs_r[None, :] * C + offs_k[:, None],
-                    mask=(offs_k < C)[:, None] & mask_r[None, :], other=0.0)          # (BLOCK_C, BLOCK_R)
-        rgb = _mma(h[k], w, rgb, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
-    y = rgb + tl.load(br_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)[None, :]
+    # 4. ToRGB's epilogue (no activation): + bias, clamp, + the parent image by index (the skip).
+    y = rgb + tl.load(br_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)[:, None]
     if HAS_RGB_CLAMP:
         y = tl.minimum(tl.maximum(y, -rgb_clamp), rgb_clamp)
-    mask = mask_m[:, None] & mask_r[None, :]
+    mask = mask_r[:, None] & mask_m[None, :]                                # (BLOCK_R, BLOCK_M)
     if HAS_POST:
         if HAS_POST_INDEX:
             q_rows = tl.load(post_index_ptr + offs_m, mask=mask_m, other=0)
         else:
             q_rows = offs_m
-        y = y + tl.load(post_ptr + q_rows[:, None] * stride_post + offs_r[None, :], mask=mask,
+        y = y + tl.load(post_ptr + q_rows[None, :] * stride_post + offs_r[:, None], mask=mask,
                         other=0.0).to(tl.float32)
 
-    # 5. Masked store of the (BLOCK_M, R) image rows, cast once.
-    out = out_ptr + offs_m[:, None] * stride_om + offs_r[None, :]
+    # 5. Masked store of the image rows into the (F, TH, TW, R) output view, cast once.
+    out = out_ptr + (f * stride_of + i * stride_oi + j * stride_oj)[None, :] + offs_r[:, None]
     if OUT_UINT8:
         tl.store(out, _colour_uint8(y), mask=mask)
     else:

@@ -5,10 +5,15 @@ for sm_90 and sm_80, with registers, spills and shared memory.
 
 The same way as kernels/compile_check.py (DESIGN §6): its stand-in driver answers for the arch,
 every launch becomes a warm-up (compile only), and the real launcher `fmm_level_triton` runs on
-CPU tensors with the shapes of the levels it is meant for: the top level of digan-128 (C = 256,
-E = 128, conv1 + one extra conv, uint8 out) and the two top levels of the same recipe at 256²
-(C = 256 with fp32 out, C = 128 with uint8 out). Values never matter (nothing is launched).
-Exit 1 when a variant does not compile, spills or needs more shared memory than the arch has.
+CPU tensors with the shapes of the levels it is meant for (LEVELS): the top level of digan-128
+(C = 256, E = 128, conv1 + one extra conv, uint8 out), its 512-wide levels (b64: conv1 after
+the split conv0; b4, the first level: conv1 on the embedding only, no parent part or image), and
+the two top levels of the same recipe at 256² (C = 256 with fp32 out, C = 128 with uint8 out).
+Each is launched at two tiles (TILES: the whole 128² frame and a 37 x 53 crop at an odd place),
+storing through out= into a frame-buffer view; both must compile to one variant (TH, TW and the
+output's strides and pointer are not specialised), else the record fails. Values never matter (nothing is launched).
+Exit 1 when a variant does not compile, spills, needs more shared memory than the arch has, is a
+bf16 GEMM without wgmma on sm_90, or when a crop compiled its own variant.
 """
 from __future__ import annotations
 
@@ -38,26 +43,44 @@ class LevelShape:
     uint8: bool        # the final level stores uint8
 
 
+    parent: bool = True  # conv0 has a parent part and the skip a parent image (not the first level)
+
+
+# digan-128 (digan/program.py): b4 (conv1 on the embedding only, no parent: L = 0), b64 (split
+# conv0 + conv1, 512 wide), b128 (the top: conv0, conv1, one extra conv, uint8); the same recipe
+# at 256^2: b128 (256 wide, fp32 out) and b256 (128 wide, uint8).
 LEVELS = (LevelShape("digan-128 b128", 256, 128, 2, True),
           LevelShape("digan-256 b128", 256, 128, 2, False),
-          LevelShape("digan-256 b256", 128, 128, 2, True))
+          LevelShape("digan-256 b256", 128, 128, 2, True),
+          LevelShape("digan-128 b64", 512, 128, 1, False),
+          LevelShape("digan-128 b4", 512, 128, 0, False, parent=False))
+# The tiles each level is launched with: the whole 128 x 128 frame, and a crop of another size at
+# an odd place of the frame buffer (TH, TW, the output strides and pointer are do_not_specialize:
+# both must give one variant, checked in `check`).
+TILES = ((128, 128, 0, 0), (37, 53, 5, 7))      # (rows, columns, first row, first column)
 
 
-def _launch(shape: LevelShape, precision: str) -> None:
-    """fmm_level_triton on CPU tensors of a 2-frame 128 x 128 tile (the specialisation of the
-    strides and sizes is the engine's: all multiples of 16 but the 3-wide image)."""
+def _launch(shape: LevelShape, precision: str, tile=TILES[0]) -> None:
+    """fmm_level_triton on CPU tensors of a 2-frame tile, storing through out= into its place in
+    a (2, 128, 128, 3) frame buffer as the renderer does (the other sizes and strides are the
+    engine's: multiples of 16 but the 3-wide image)."""
     import torch
 
     from .level import fmm_level_triton
 
-    C, E, L, F, side = shape.C, shape.E, shape.L, 2, 128
-    M = F * side * side
+    th, tw, i0, j0 = tile
+    C, E, L, F = shape.C, shape.E, shape.L, 2
+    M = F * th * tw
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     z = torch.zeros
+    parent = {} if not shape.parent else dict(
+        pre_add=z(M // 4 + 1, C), pre_index=z(M, dtype=torch.int64), img=z(M // 4 + 1, 3),
+        img_index=z(M, dtype=torch.int64))
+    frames = z(F, 128, 128, 3, dtype=torch.uint8 if shape.uint8 else torch.float32)
     fmm_level_triton(z(C, 2 * E, dtype=dt), z(C), z(L, C, C, dtype=dt), z(L, C), z(3, C, dtype=dt), z(3),
-                     emb_A=z(E, 2), emb_b=z(F, E), xs=z(side), ys=z(side), pre_add=z(M // 4, C),
-                     pre_index=z(M, dtype=torch.int64), img=z(M // 4, 3), img_index=z(M, dtype=torch.int64),
-                     clamp=256.0, rgb_clamp=256.0, out_uint8=shape.uint8, precision=precision)
+                     emb_A=z(E, 2), emb_b=z(F, E), xs=z(tw), ys=z(th), clamp=256.0, rgb_clamp=256.0,
+                     out_uint8=shape.uint8, precision=precision,
+                     out=frames[:, i0:i0 + th, j0:j0 + tw], **parent)
 
 
 def check(archs: Sequence[int] = ARCHS, precisions: Sequence[str] = PRECISIONS,
@@ -79,16 +102,24 @@ def check(archs: Sequence[int] = ARCHS, precisions: Sequence[str] = PRECISIONS,
             try:
                 for shape in levels:
                     for p in precisions:
-                        cap.scenario = Scenario(f"{shape.name} {p}", "render", 128, 1, p, 2)
-                        t0 = time.perf_counter()
-                        _launch(shape, p)
-                        log(f"sm_{arch} {shape.name} {p}: {time.perf_counter() - t0:.1f} s")
+                        for tile in TILES:
+                            cap.scenario = Scenario(f"{shape.name} {p} {tile[0]}x{tile[1]}", "render", 128, 1,
+                                                    p, 2)
+                            t0 = time.perf_counter()
+                            _launch(shape, p, tile)
+                            log(f"sm_{arch} {shape.name} {p} tile {tile[0]}x{tile[1]}: "
+                                f"{time.perf_counter() - t0:.1f} s")
             finally:
                 k_level.resolve_backend = saved
         for e in cap.kernels.values():
             rec = analyse(e["kernel"], arch, e["log"])
             rec.scenarios = e["scenarios"]
             rec.failures = failures_of(rec)
+            tiles = {sc.rsplit(" ", 1)[1] for sc in rec.scenarios}
+            if len(tiles) != len(TILES):
+                # A crop that compiles its own variant: a specialised size or stride (or a level
+                # config that depends on the rows); the engine's crops would each compile one.
+                rec.failures.append(f"tiles {sorted(tiles)} only: each tile shape compiled its own variant")
             records.append(rec)
         errors += [f"sm_{arch} {err['scenario']}: {err['error']}" for err in cap.errors]
     return records, errors
@@ -118,7 +149,8 @@ def markdown(records: Sequence[Record]) -> str:
             "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|"]
     for r in sorted(records, key=lambda r: (r.scenarios, -r.arch)):
         c = r.constexprs
-        rows.append(f"| {', '.join(s.rsplit(' ', 1)[0] for s in r.scenarios)} | sm_{r.arch} | {r.precision} | "
+        names = sorted({s.rsplit(" ", 2)[0] for s in r.scenarios})
+        rows.append(f"| {', '.join(names)} | sm_{r.arch} | {r.precision} | "
                     f"{c.get('C')} | {c.get('L')} | {'uint8' if c.get('OUT_UINT8') else 'fp32'} | "
                     f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_C')} | {r.num_warps} | {r.regs} | "
                     f"{r.spill_bytes} | "
@@ -138,7 +170,10 @@ def write_results_md(path: Path, records: Sequence[Record], seconds: float, erro
     section = ("## Fused level kernel (compiled for sm_90, sm_80; no GPU needed)\n\n"
                "conv0 (embedding + parent part by index) -> conv1 -> extra conv -> ToRGB + skip in one "
                "kernel, activations in registers (kernels/level.py).\n\n")
-    replace_block(path, RESULTS_BEGIN, RESULTS_END, f"{head}\n\n{markdown(records)}", section)
+    note = (f"Each variant is met by all {len(TILES)} tiles of its level ("
+            f"{', '.join(f'{t[0]} x {t[1]} at ({t[2]}, {t[3]})' for t in TILES)} of a 2 x 128 x 128 frame buffer, "
+            "stored through out= views): no crop compiles its own variant.")
+    replace_block(path, RESULTS_BEGIN, RESULTS_END, f"{head}\n\n{markdown(records)}\n\n{note}", section)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,28 +14,34 @@ embedding call on (`fmm_level_chain` composes those fmm_linear calls and is the 
 parent part W'_h h_parent stays a separate fmm_linear at the parent resolution (4x fewer rows),
 its (Mp, C) fp32 result read here by index, as the per-layer chain does.
 
-Triton kernel (kernels/_level_triton.py): a CTA owns BLOCK_M rows of one frame and all C <= 256
-channels. The activation lives in registers as C / BLOCK_C chunks of BLOCK_C channels, BLOCK_C
-being the per-layer kernel's K step (linear._triton_config, keyed on the layer shape and the
-precision only), the embedding in the per-layer kernel's frequency steps; each output element is
-reduced in the same chunks and the same order as by the per-layer kernels, its epilogue is the
+Triton kernel (kernels/_level_triton.py): a CTA owns BLOCK_M rows of one frame and all C <= 512
+channels. Each layer's output is computed in tiles of BLOCK_C channels, BLOCK_C being the
+per-layer kernel's K step (linear._triton_config, keyed on the layer shape and the precision
+only), and kept as C / BLOCK_C chunks; the embedding runs in the per-layer kernel's frequency
+steps. The convs and the ToRGB run transposed, out^T = W h^T, so that an activation chunk is the
+dot's B operand: on sm_90 wgmma reads it from shared memory (2 x BLOCK_M x C bf16 for the input
+and the output of a conv) instead of registers. Each output element is still reduced in the same
+chunks and the same order as by the per-layer kernels (the same products, the same K order; for
+3xTF32 the three partial dots in the per-layer order, _level_triton._mma_t), its epilogue is the
 same sequence of fp32 operations, and the activations are rounded where the per-layer chain
 stores them. So the fused kernel gives the per-layer Triton chain's bits (the interpreter tests
 show it with the fixed-order dot, tests/test_kernels_level.py); only the HBM traffic is gone: per
 row it reads the tables, conv0's parent part (C values) and the parent image (R values), and
-writes R values, instead of writing and re-reading the C-wide activation L + 1 times.
+writes R values (straight into the frame buffer with out=), instead of writing and re-reading
+the C-wide activation L + 1 times. The last conv's chunks feed the ToRGB's K steps as they are
+made, so the last activation is never kept.
 
-Tile sizes come from (C, E, precision) only, never from M: a row's bits do not depend on the tile.
-Registers (python -m kernels.compile_level, digan-128's top level, C = 256, bf16, sm_90, all
-wgmma, no sin/cos): BLOCK_M x column tile x warps = 64 x 64 x 8 (chosen): 255 registers, 152 B
-spilled, 40 KB shared; 64 x 128 x 8: 272 B; one 64 x 256 accumulator split by reshapes: 744 B;
-64 x 64 x 4 warps: 1624 B; 128 x 64 x 8: 1608 B; 16 warps (128 registers each): 15 KB. Two
-64 x 256 activations (the conv's input and output) plus the input chunks in the wgmma register
-operand layout fill the file (the TTGIR also shows some dots laid out [8, 1] over 8 warps, i.e. a
-64-row tile replicated on both warpgroups). Next step to remove the spill: the transposed product
-out^T = W h^T, which makes the activation wgmma's B operand, resident in shared memory (32 KB).
-fp32 (FMA dots, 32 x 32 x 4 warps): 168 registers and 74896 B spilled on sm_90: use the per-layer
-chain for fp32 until this kernel has a tensor-core fp32 mode (3xTF32) or the transposed form.
+Tile sizes come from (C, E, precision, arch) only, never from M: a row's bits do not depend on
+the tile. Compile report (python -m kernels.compile_level, E = 128, no GPU; bench/RESULTS.md):
+bf16, sm_90, wgmma: C = 128 / 256 at 64 rows x 8 warps: 137 / 194 registers, 32 / 64 KB shared,
+no spill (the activations in registers, before the transposed form: 255 registers and 152 B
+spilled at 256); C = 512 at 16 x 4: 191 registers, 38 KB, no spill (64 x 8 spilled 904 B, 64 x 4
+612, 32 x 4 48). bf16, sm_80 (mma.sync keeps operands in registers): C = 128 at 64 x 8: 182
+registers, no spill; C = 256 at 16 x 2: 255, no spill (64 x 8: 76 B, 32 x 8: 48, 32 x 4: 80, 16 x 4:
+88); C = 512 spills at every tile tried (16 x 4: 180 B, 16 x 2: 1004). fp32 (3xTF32) and tf32
+(32-wide chunks: 32-channel conv tiles, below wgmma's 64 rows, so mma.sync) spill at C = 256 on
+sm_90 (32 x 4: 616 / 224 B; fp32 at C = 128: 144 B): fmm_level's 'auto' runs the per-layer chain
+for them and wherever else the kernel spills (fused_level_spill_free).
 Without CUDA (or Triton) `fmm_level` runs the chain on the torch backend (the CPU path).
 """
 from __future__ import annotations
@@ -59,13 +65,11 @@ from ._common import (
 from .linear import SQRT2, _check_fmm_linear, _triton_config, emb_tables, fmm_linear, fold_frame_weights
 
 __all__ = ["FUSED_MAX_CHANNELS", "LevelConfig", "fmm_level", "fmm_level_chain", "fmm_level_reference",
-           "fmm_level_triton", "level_config"]
+           "fmm_level_triton", "fused_level_spill_free", "level_config"]
 
-# Widest level the fused kernel takes: the top levels of digan-128 / digan-256 (256 / 128
-# channels). At 512 the two activations a conv needs in registers (input and output chunks) are
-# 2 x BLOCK_M x 512 fp32: past the register file at any useful BLOCK_M (python -m
-# kernels.compile_level gives the numbers at 256).
-FUSED_MAX_CHANNELS = 256
+# Widest level the fused kernel takes: the 512-wide levels of digan-128 / digan-256 (b4 .. b64).
+# Where it compiles without spills: fused_level_spill_free (the module docstring's numbers).
+FUSED_MAX_CHANNELS = 512
 MAX_IMG_CHANNELS = 16          # the ToRGB output is padded to one 16-wide dot tile
 _INT32_MAX = 2**31 - 1
 
@@ -81,12 +85,14 @@ class LevelConfig:
     num_stages: int
 
 
-def level_config(C: int, E: int, R: int, precision: str) -> LevelConfig:
-    """Launch settings from the level's shape and the precision only (never from the rows).
+def level_config(C: int, E: int, R: int, precision: str, arch: int = 90, L: int = 2) -> LevelConfig:
+    """Launch settings from the level's shape (L: convs after conv0), the precision and the GPU
+    arch (sm_90 -> 90), never from the rows: a row's bits do not depend on them (the K steps are
+    the per-layer kernel's, so the reductions match it chunk for chunk, whatever BLOCK_M and the
+    warps).
 
-    The K steps are the per-layer kernel's, so the reductions match it chunk for chunk. BLOCK_M
-    and the warps were chosen from the compile report (kernels/compile_level.py, C = 256, E = 128:
-    registers, spills, shared memory on sm_90 and sm_80), not by timing."""
+    BLOCK_M and the warps come from the compile report (python -m kernels.compile_level:
+    registers, spills, shared memory), not from timing; see the module docstring for the numbers."""
     conv_k = _triton_config(C, 0, C, precision)["BLOCK_K"]
     rgb_k = _triton_config(C, 0, R, precision)["BLOCK_K"]
     emb_k = _triton_config(0, E, C, precision)["BLOCK_K"]
@@ -96,13 +102,47 @@ def level_config(C: int, E: int, R: int, precision: str) -> LevelConfig:
         raise ValueError(f"per-layer K steps differ for the convs ({conv_k}) and the ToRGB ({rgb_k}); "
                          "the fused level needs one chunk width")
     if precision == "bf16":
-        # wgmma wants 64 rows per warpgroup; two warpgroups split each 64-wide column tile.
-        block_m, warps = 64, 8
+        if arch >= 90:
+            # wgmma: the conv tiles are (64 channels) x (BLOCK_M rows), the activation in shared
+            # memory (2 x BLOCK_M x C bf16). 64 rows x 8 warps: 194 registers at C = 256; at 512
+            # it spilled 904 B (64 x 4: 612, 32 x 4: 48): 16 rows x 4 warps, 191 registers. With
+            # L = 0 (b4: conv0's chunks go straight into the ToRGB) no activation is kept: 64 x 8
+            # (186 registers at 512), as conv0's wgmma needs 64 rows (16 rows made it mma.sync).
+            block_m, warps = (64, 8) if C <= 256 or L == 0 else (16, 4)
+        else:
+            # mma.sync keeps the activation in registers: 64 x 8 warps fits C = 128 (182
+            # registers) but spilled 76 B at 256 (64 x 4: 504, 32 x 4: 80, 32 x 8: 48, 16 x 4: 88);
+            # 16 rows x 2 warps: 255 registers, no spill. 512 spills at every tile tried (16 x 4:
+            # 180 B at L = 2, 244 at L = 1) but L = 0 (no activation kept: 186 registers).
+            block_m, warps = (64, 8) if C <= 128 else (16, 2) if C <= 256 else (16, 4)
     else:
-        # FMA (ieee) / tf32 dots hold both operands in registers: half the rows, one warpgroup.
+        # fp32 operands (3xTF32 / TF32 / FMA dots): 32-wide chunks, so the conv tiles are 32
+        # channels high, below wgmma's 64: mma.sync or FMA; they spill at C = 256 (module docstring).
         block_m, warps = 32, 4
     return LevelConfig(BLOCK_M=block_m, BLOCK_N=conv_k, BLOCK_C=conv_k, BLOCK_E=emb_k,
                        BLOCK_R=16, num_warps=warps, num_stages=1)
+
+
+def fused_level_spill_free(C: int, precision: str, arch: int, L: int) -> bool:
+    """Whether the fused kernel compiles without spills for this level width, precision, arch and
+    number of convs after conv0 (python -m kernels.compile_level; fmm_level's 'auto' runs the
+    per-layer chain elsewhere)."""
+    if precision != "bf16" or C > FUSED_MAX_CHANNELS:
+        return False
+    return arch >= 90 or C <= 256 or L == 0
+
+
+def _target_arch(device: torch.device) -> int:
+    """The GPU arch the kernel compiles for (90 for sm_90): the device's, else the active Triton
+    driver's target (the compile probe's stand-in), else 90 (the interpreter: any config works)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    try:
+        import triton
+        return int(triton.runtime.driver.active.get_current_target().arch)
+    except Exception:  # no GPU driver (the interpreter): the arch changes no bits
+        return 90
 
 
 def _pow2(n: int) -> int:
@@ -159,15 +199,33 @@ def _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, y
     return d, L, R
 
 
+def _check_out(out, d, R: int, out_uint8: bool, dev: torch.device) -> None:
+    """out=: an (F, h, w, R) view of the level's tile (any strides, unit stride across colours,
+    e.g. the tile's place in the renderer's (frames, H, W, 3) chunk buffer), uint8 for
+    out_uint8 else fp32, on the weights' device, not overlapping itself."""
+    check_tensor(out, "out", ndim=4, shape=(d.F, d.TH, d.TW, R),
+                 dtypes=(torch.uint8 if out_uint8 else torch.float32,), device=dev)
+    if R > 1 and out.stride(-1) != 1:
+        raise ValueError(f"out must have unit stride across colours, got strides {tuple(out.stride())}")
+    if any(st < 0 or (st == 0 and n > 1) for st, n in zip(out.stride(), out.shape)) or (
+            torch._debug_has_internal_overlap(out) == 1):
+        raise ValueError(f"out must not overlap itself, got strides {tuple(out.stride())}")
+    if out.requires_grad:
+        raise ValueError("out= does not take a tensor that requires grad")
+
+
 # ---- the spec: the per-layer chain --------------------------------------------------------------
 
 def fmm_level_chain(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b, xs, ys, pre_add=None,
                     pre_index=None, img=None, img_index=None, gain=SQRT2, clamp=None, rgb_clamp=None,
-                    out_uint8=False, precision="fp32", backend="auto") -> torch.Tensor:
+                    out_uint8=False, precision="fp32", backend="auto", out=None) -> torch.Tensor:
     """The level as the per-layer chain of fmm_linear calls (engine/executor.render_tile's): L + 2
-    launches, each activation (M, C) written in the compute dtype and read back."""
-    _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add, pre_index,
-                 img, img_index, gain, clamp, rgb_clamp, out_uint8, precision)
+    launches, each activation (M, C) written in the compute dtype and read back. out= as in
+    fmm_level (the last fmm_linear stores there)."""
+    d, _, R = _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add,
+                           pre_index, img, img_index, gain, clamp, rgb_clamp, out_uint8, precision)
+    if out is not None:
+        _check_out(out, d, R, out_uint8, w_emb.device)
     cdt = torch.bfloat16 if precision == "bf16" else torch.float32
     common = dict(precision=precision, backend=backend)
     x = fmm_linear(w_emb, None, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_add=pre_add,
@@ -176,7 +234,7 @@ def fmm_level_chain(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b,
     for W, b in zip(conv_W, conv_b):
         x = fmm_linear(W, x, bias=b, act=True, gain=gain, clamp=clamp, out_dtype=cdt, **common)
     return fmm_linear(rgb_W, x, bias=rgb_b, clamp=rgb_clamp, post_add=img, post_index=img_index,
-                      out_dtype=None if out_uint8 else torch.float32, out_uint8=out_uint8, **common)
+                      out_dtype=None if out_uint8 else torch.float32, out_uint8=out_uint8, out=out, **common)
 
 
 def fmm_level_reference(*args, **kwargs) -> torch.Tensor:
@@ -189,7 +247,7 @@ def fmm_level_reference(*args, **kwargs) -> torch.Tensor:
 
 def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b, xs, ys, pre_add=None,
                      pre_index=None, img=None, img_index=None, gain=SQRT2, clamp=None, rgb_clamp=None,
-                     out_uint8=False, precision="fp32") -> torch.Tensor:
+                     out_uint8=False, precision="fp32", out=None) -> torch.Tensor:
     """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1): one kernel."""
     d, L, R = _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add,
                            pre_index, img, img_index, gain, clamp, rgb_clamp, out_uint8, precision)
@@ -199,10 +257,15 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
     if C > FUSED_MAX_CHANNELS:
         raise ValueError(f"the fused level kernel takes at most {FUSED_MAX_CHANNELS} channels, got "
                          f"C = {C}; run the per-layer chain (fmm_level_chain) for wider levels")
-    out = torch.empty((d.M, R), dtype=torch.uint8 if out_uint8 else torch.float32, device=dev)
+    if out is None:
+        out = torch.empty((d.M, R), dtype=torch.uint8 if out_uint8 else torch.float32, device=dev)
+        out4 = out.view(d.F, d.TH, d.TW, R)                        # the same rows, (f, i, j) order
+    else:
+        _check_out(out, d, R, out_uint8, dev)
+        out4 = out
     if d.M == 0:
         return out
-    cfg = level_config(C, E, R, precision)
+    cfg = level_config(C, E, R, precision, _target_arch(dev), L)
     row_tiles = d.F * cdiv(d.TH * d.TW, cfg.BLOCK_M)
     if row_tiles > _INT32_MAX:
         raise ValueError(f"{row_tiles} row tiles exceed the grid's 2^31 - 1")
@@ -211,7 +274,9 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
     wf = fold_frame_weights(w_emb.float(), tb)                    # (F, C, 2E) contiguous
     if precision == "bf16":
         wf = wf.to(torch.bfloat16)
-    dummy = out  # pointer for absent operands; never read (their HAS_* flag is off)
+    # Pointer for absent operands, never read (their HAS_* flag is off): not `out`, whose place in
+    # the frame buffer (its alignment) would then specialise them and compile a variant per crop.
+    dummy = tx
     mod = load_triton_module("_level_triton")
     mod._fmm_level_kernel[(row_tiles,)](
         wf, tx, ty,
@@ -221,11 +286,11 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
         rgb_b.contiguous(),
         dummy if img is None else img,
         dummy if img_index is None else img_index,
-        out,
+        out4,
         d.TH, d.TW,
         pre_add.stride(0) if pre_add is not None else 0,
         img.stride(0) if img is not None else 0,
-        out.stride(0),
+        out4.stride(0), out4.stride(1), out4.stride(2),
         float(gain), 0.0 if clamp is None else float(clamp),
         0.0 if rgb_clamp is None else float(rgb_clamp),
         C=C, CP=max(_pow2(C), cfg.BLOCK_C), E=E, L=L, R=R,
@@ -251,7 +316,7 @@ def fmm_level(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, co
               pre_index: Optional[torch.Tensor] = None, img: Optional[torch.Tensor] = None,
               img_index: Optional[torch.Tensor] = None, gain: float = SQRT2, clamp: Optional[float] = None,
               rgb_clamp: Optional[float] = None, out_uint8: bool = False, precision: str = "fp32",
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The whole level in one kernel (see the module docstring).
 
     w_emb (C, 2E) conv0's embedding weight [W_sin | W_cos] and bias0 (C,); conv_W (L, C, C) and
@@ -259,17 +324,23 @@ def fmm_level(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, co
     emb_b (F, E), xs (w,), ys (h,) fp32, M = F*h*w rows in (f, i, j) order; pre_add (Mp, C) fp32
     conv0's parent part with pre_index (M,) int64; img (Mq, R) the parent image with img_index
     (M,). Weights in the compute dtype. Returns (M, R) fp32 (the unclipped image) or uint8
-    (out_uint8=True). backend: 'auto' (Triton for CUDA tensors when available and C <= 256, else
-    the per-layer torch chain), 'triton', 'torch'."""
+    (out_uint8=True). backend: 'auto' (on CUDA tensors with Triton: the fused kernel where it
+    compiles without spills, fused_level_spill_free(C, precision, arch, L), else the per-layer
+    Triton chain; on CPU the per-layer torch chain), 'triton' (the fused kernel), 'torch'.
+    out: an (F, h, w, R) tensor of the tile (uint8 with out_uint8, else fp32; any strides, unit
+    stride across colours: a view into a (frames, H, W, 3) frame buffer) the image is stored
+    into, row (f, i, j) at out[f, i, j]; returns it. The kernel stores there directly (the
+    chains through the ToRGB's fmm_linear out=)."""
     kw = dict(emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_add=pre_add, pre_index=pre_index, img=img,
               img_index=img_index, gain=gain, clamp=clamp, rgb_clamp=rgb_clamp, out_uint8=out_uint8,
-              precision=precision)
+              precision=precision, out=out)
     args = (w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b)
     _check_level(*args, emb_A, emb_b, xs, ys, pre_add, pre_index, img, img_index, gain, clamp, rgb_clamp,
                  out_uint8, precision)
     chosen = resolve_backend(backend, w_emb.device)
-    if chosen == "triton" and (backend == "triton" or w_emb.shape[0] <= FUSED_MAX_CHANNELS):
+    if chosen == "triton" and (backend == "triton" or fused_level_spill_free(
+            w_emb.shape[0], precision, _target_arch(w_emb.device), conv_W.shape[0])):
         return fmm_level_triton(*args, **kw)
-    if chosen == "triton":   # 'auto' on a level too wide for the fused kernel: the Triton chain
+    if chosen == "triton":   # 'auto' where the fused kernel would spill: the Triton chain
         return fmm_level_chain(*args, backend="triton", **kw)
     return fmm_level_chain(*args, backend="torch", **kw)

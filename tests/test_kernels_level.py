@@ -193,6 +193,73 @@ def test_tile_invariance(precision):
             assert_bitwise_equal(part, want, f"sub-tile {frames} x {rows} ({precision}, uint8={u8})")
 
 
+@needs_triton
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_level_without_parent(precision):
+    """The first level (b4: conv0 is embedding-only, no parent part, no parent image): the
+    HAS_PRE / HAS_POST-off variant has the chain's bits too."""
+    dev = device_for("triton")
+    args, kw = to_device(*make_level(17, C=64, E=24, L=1, F=2, h=4, w=4, precision=precision, pre=False,
+                                     img=False), dev)
+    for u8 in (False, True):
+        got = run_poisoned(lambda: fmm_level_triton(*args, out_uint8=u8, **kw))
+        want = fmm_level_chain(*args, out_uint8=u8, backend="triton", **kw)
+        assert_bitwise_equal(got, want, f"first level, fused vs chain ({precision}, uint8={u8})")
+
+
+@needs_triton
+@pytest.mark.parametrize("block_m,num_warps", [(16, 2), (16, 4), (32, 4), (64, 8)])
+def test_row_block_changes_no_bits(monkeypatch, block_m, num_warps):
+    """Every BLOCK_M / warps level_config picks for some arch (sm_80 takes 16 x 2 at C = 256):
+    the per-layer chain's bits (the K chunks do not depend on them)."""
+    import dataclasses
+
+    import kernels.level as k_level
+    saved = k_level.level_config
+    monkeypatch.setattr(k_level, "level_config", lambda *a, **k: dataclasses.replace(
+        saved(*a, **k), BLOCK_M=block_m, num_warps=num_warps))
+    C, E, L, F, h, w = 48, 16, 2, 2, 5, 7
+    for precision in ("fp32", "bf16"):
+        args, kw = to_device(*make_level(23, C=C, E=E, L=L, F=F, h=h, w=w, precision=precision),
+                             device_for("triton"))
+        got = run_poisoned(lambda: fmm_level_triton(*args, out_uint8=True, **kw))
+        want = fmm_level_chain(*args, out_uint8=True, backend="triton", **kw)
+        assert_bitwise_equal(got, want, f"BLOCK_M={block_m}, {num_warps} warps ({precision})")
+
+
+# ---- out=: the frame buffer view ------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["triton", "chain-triton", "chain-torch"])
+@pytest.mark.parametrize("u8", [False, True])
+def test_out_view_into_frame_buffer(backend, u8):
+    """out= a (F, h, w, 3) crop of a poisoned (frames, H, W, 3) buffer: exactly the view's
+    elements are written, with the bits of the returned-tensor path."""
+    if backend != "chain-torch":
+        if "triton" not in BACKENDS:
+            pytest.skip("triton not installed, or neither interpreter nor CUDA")
+    dev = device_for("torch" if backend == "chain-torch" else "triton")
+    C, E, L, F, h, w = 32, 16, 2, 2, 5, 7
+    args, kw = to_device(*make_level(29, C=C, E=E, L=L, F=F, h=h, w=w, precision="bf16"), dev)
+    if backend == "triton":
+        run = lambda **o: fmm_level_triton(*args, out_uint8=u8, **kw, **o)              # noqa: E731
+    else:
+        be = backend.split("-")[1]
+        run = lambda **o: fmm_level_chain(*args, out_uint8=u8, backend=be, **kw, **o)  # noqa: E731
+    want = run().view(F, h, w, 3)
+    dt = torch.uint8 if u8 else torch.float32
+    poison = 0xAB if u8 else float("nan")
+    buf = torch.full((F + 1, h + 4, w + 5, 3), poison, dtype=dt, device=dev)
+    view = buf[1:, 3:3 + h, 2:2 + w]                                     # frames 1.., rows 3.., cols 2..
+    assert not view.is_contiguous()
+    got = run(out=view)
+    assert got.data_ptr() == view.data_ptr()
+    assert_bitwise_equal(view, want, f"out= view ({backend}, uint8={u8})")
+    rest = torch.ones_like(buf, dtype=torch.bool)
+    rest[1:, 3:3 + h, 2:2 + w] = False
+    untouched = buf[rest]
+    assert (untouched == poison).all() if u8 else untouched.isnan().all(), "wrote outside the view"
+
+
 # ---- dispatch, configuration, checks --------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -212,10 +279,14 @@ def test_config_keyed_on_shape():
     """K steps are the per-layer kernel's; nothing depends on the rows."""
     from kernels.linear import _triton_config
     for p in ("fp32", "tf32", "bf16"):
-        cfg = level_config(256, 128, 3, p)
-        assert cfg.BLOCK_C == _triton_config(256, 0, 256, p)["BLOCK_K"]
-        assert cfg.BLOCK_E == _triton_config(0, 128, 256, p)["BLOCK_K"]
-        assert 256 // cfg.BLOCK_C <= 8
+        for C in (128, 256, 512):
+            for arch in (80, 90):
+                for L in (0, 2):
+                    # BLOCK_M and the warps follow the arch and L; the K steps never do.
+                    cfg = level_config(C, 128, 3, p, arch, L)
+                    assert cfg.BLOCK_C == _triton_config(C, 0, C, p)["BLOCK_K"]
+                    assert cfg.BLOCK_E == _triton_config(0, 128, C, p)["BLOCK_K"]
+                    assert cfg.BLOCK_N == cfg.BLOCK_C and C // cfg.BLOCK_C <= 16
 
 
 @needs_triton
@@ -248,6 +319,19 @@ def test_argument_checks():
     for over, msg in cases:
         with pytest.raises(ValueError, match=msg):
             call(**over)
-    wide, wkw = to_device(*make_level(2, C=288, E=8, L=0, F=1, h=1, w=2, pre=False, img=False), dev)
-    with pytest.raises(ValueError, match="at most 256 channels"):
+    wide, wkw = to_device(*make_level(2, C=520, E=8, L=0, F=1, h=1, w=2, pre=False, img=False), dev)
+    with pytest.raises(ValueError, match="at most 512 channels"):
         fmm_level_triton(*wide, **wkw)
+    buf = torch.zeros(1, 2, 3, 3, device=dev)                          # the (F, h, w, R) tile
+    out_cases = [
+        (dict(out=buf[:, :1]), "out must have shape"),
+        (dict(out=buf.to(torch.uint8)), "out must have dtype"),
+        (dict(out=buf.to(torch.uint8), out_uint8=False), "out must have dtype"),
+        (dict(out=buf, out_uint8=True), "out must have dtype"),
+        (dict(out=torch.zeros(1, 2, 3, 6, device=dev)[..., ::2]), "unit stride across colours"),
+        (dict(out=torch.zeros(1, 2, 1, 3, device=dev).expand(1, 2, 3, 3)), "must not overlap"),
+        (dict(out=buf[0]), "out must be 4-D"),
+    ]
+    for over, msg in out_cases:
+        with pytest.raises(ValueError, match=msg):
+            call(**over)
