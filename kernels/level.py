@@ -31,14 +31,16 @@ writes R values (straight into the frame buffer with out=), instead of writing a
 the C-wide activation L + 1 times. The last conv's chunks feed the ToRGB's K steps as they are
 made, so the last activation is never kept.
 
-Tile sizes come from (C, E, precision, arch) only, never from M: a row's bits do not depend on
+Tile sizes come from (C, E, L, precision, arch) only, never from M: a row's bits do not depend on
 the tile. Compile report (python -m kernels.compile_level, E = 128, no GPU; bench/RESULTS.md):
 bf16, sm_90, wgmma: C = 128 / 256 at 64 rows x 8 warps: 137 / 194 registers, 32 / 64 KB shared,
 no spill (the activations in registers, before the transposed form: 255 registers and 152 B
-spilled at 256); C = 512 at 16 x 4: 191 registers, 38 KB, no spill (64 x 8 spilled 904 B, 64 x 4
-612, 32 x 4 48). bf16, sm_80 (mma.sync keeps operands in registers): C = 128 at 64 x 8: 182
-registers, no spill; C = 256 at 16 x 2: 255, no spill (64 x 8: 76 B, 32 x 8: 48, 32 x 4: 80, 16 x 4:
-88); C = 512 spills at every tile tried (16 x 4: 180 B, 16 x 2: 1004). fp32 (3xTF32) and tf32
+spilled at 256); C = 512 at 16 x 4: 174 registers (L = 1, b64), 191 (L = 2), no spill (64 x 8
+spilled 904 B at L = 2, 64 x 4 612, 32 x 4 48); b4 (C = 512, L = 0: no activation kept) at 64 x
+8: 180 registers. bf16, sm_80 (mma.sync keeps operands in registers): C = 128 at 64 x 8: 182
+registers, no spill; C = 256 at 16 x 2: 255, no spill (64 x 8: 76 B, 32 x 8: 48, 32 x 4: 80, 16 x
+4: 88); C = 512 spills with a conv after conv0 (16 x 4: 244 B at L = 1, 180 at L = 2; 16 x 2:
+1004) but not at b4 (L = 0, 16 x 4: 186 registers). fp32 (3xTF32) and tf32
 (32-wide chunks: 32-channel conv tiles, below wgmma's 64 rows, so mma.sync) spill at C = 256 on
 sm_90 (32 x 4: 616 / 224 B; fp32 at C = 128: 144 B): fmm_level's 'auto' runs the per-layer chain
 for them and wherever else the kernel spills (fused_level_spill_free).

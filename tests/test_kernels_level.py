@@ -129,6 +129,19 @@ def test_fused_equals_per_layer_triton_chain(shape, precision):
 
 
 @needs_triton
+@pytest.mark.parametrize("precision", ["tf32", "fp32-ieee"])
+def test_fused_equals_chain_other_fp32_modes(precision):
+    """tf32 (operands rounded in the kernel) and fp32-ieee (the FMA dot) too: symmetric products,
+    so the transposed convs keep the chain's bits without _mma_t's reordering."""
+    C, E, L, F, h, w = SHAPES[1]
+    dev = device_for("triton")
+    args, kw = to_device(*make_level(C + E, C=C, E=E, L=L, F=F, h=h, w=w, precision=precision), dev)
+    got = run_poisoned(lambda: fmm_level_triton(*args, out_uint8=True, **kw))
+    want = fmm_level_chain(*args, out_uint8=True, backend="triton", **kw)
+    assert_bitwise_equal(got, want, f"fused vs per-layer Triton chain ({precision})")
+
+
+@needs_triton
 @pytest.mark.parametrize("shape", SHAPES[:3])
 def test_fused_fp32_against_fp64_and_reference(shape):
     C, E, L, F, h, w = shape
