@@ -41,9 +41,10 @@ spilled 904 B at L = 2, 64 x 4 612, 32 x 4 48); b4 (C = 512, L = 0: no activatio
 registers, no spill; C = 256 at 16 x 2: 255, no spill (64 x 8: 76 B, 32 x 8: 48, 32 x 4: 80, 16 x
 4: 88); C = 512 spills with a conv after conv0 (16 x 4: 244 B at L = 1, 180 at L = 2; 16 x 2:
 1004) but not at b4 (L = 0, 16 x 4: 186 registers). fp32 (3xTF32) and tf32
-(32-wide chunks: 32-channel conv tiles, below wgmma's 64 rows, so mma.sync) spill at C = 256 on
-sm_90 (32 x 4: 616 / 224 B; fp32 at C = 128: 144 B): fmm_level's 'auto' runs the per-layer chain
-for them and wherever else the kernel spills (fused_level_spill_free).
+(32-wide chunks: 32-channel conv tiles, below wgmma's 64 rows, so mma.sync) at 32 x 4 spill:
+C = 256 fp32 616 / 756 B (sm_90 / sm_80), tf32 224 / 76 B; C = 128 fp32 144 / 24 B, tf32 no spill
+(150 registers) but mma.sync on sm_90. fmm_level's 'auto' runs the per-layer chain for them and
+wherever else the kernel spills (fused_level_spill_free).
 Without CUDA (or Triton) `fmm_level` runs the chain on the torch backend (the CPU path).
 """
 from __future__ import annotations
