@@ -305,8 +305,10 @@ def stand_in_gpu(capture: _Capture) -> Iterator[None]:
     from triton.runtime.jit import JITFunction
 
     import engine.renderer as ex
+    import kernels.level as k_lvl
     import kernels.linear as k_lin
     import kernels.linear_backward as k_lbw
+    import kernels.linear_rgb as k_lrgb
     import kernels.modulate as k_mod
     import kernels.modulate_backward as k_mbw
     import kernels.rgb as k_rgb
@@ -332,7 +334,7 @@ def stand_in_gpu(capture: _Capture) -> Iterator[None]:
     def resolve(backend, device):   # the launchers' CPU-tensor guard, lifted
         return "triton"
 
-    patched = [(m, "resolve_backend", resolve) for m in (k_lin, k_lbw, k_mod, k_mbw, k_rgb)]
+    patched = [(m, "resolve_backend", resolve) for m in (k_lin, k_lrgb, k_lvl, k_lbw, k_mod, k_mbw, k_rgb)]
     patched.append((ex, "interpreter_enabled", lambda: True))
     # The engine renders bf16 as fp32 on a CPU without native bf16; these CPU tensors stand for a
     # GPU's, so the precision asked for is the one compiled.

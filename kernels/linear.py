@@ -50,9 +50,17 @@ out_uint8=True (the last ToRGB) stores rint((y + 1) * 127.5) clamped to [0, 255]
 rounding half to even like torch.round.
 
 Precision (argument `precision`), accumulation always fp32:
-  'fp32'  fp32 operands (Triton: tl.dot input_precision="ieee", never TF32).
-  'tf32'  operands rounded to TF32 (Triton: input_precision="tf32"; torch path: the operands are
-          rounded to TF32 explicitly, then an fp32 GEMM, which models the tensor-core result).
+  'fp32'       the fp32 statement. Torch path: fp32 GEMMs. Triton: 3xTF32 on the tensor cores
+               (_triton_common._mma "tf32x3": each operand = TF32 head + TF32 tail, three TF32
+               dots, tail x head, head x tail, head x head); each product within 2^-21 of the
+               exact one, below the fp32 accumulation error: max |err| / sum|ab| 7.8e-8 against
+               3.0e-8 for exact products and 1.4e-4 for tf32; official fixture rel. L2 8.7e-7.
+  'fp32-ieee'  the same statement with Triton's exact-product FMA dot (input_precision="ieee",
+               no tensor cores, <= 67 TFLOP/s on H200); the torch path is 'fp32' bit for bit.
+  'tf32'       operands rounded to TF32, to nearest, ties away (tf32_round). Triton rounds them
+               itself (_round_tf32) before the TF32 dot, which truncates (exact on TF32 values),
+               so the compiled kernel, the interpreter and the torch path (rounded operands, then
+               an fp32 GEMM) multiply the same operands and differ only by summation order.
   'bf16'  operands cast to bf16. The torch CPU path rounds the GEMM result to bf16 once before the
           fp32 epilogue (CPU matmul has no bf16 x bf16 -> fp32 output); Triton keeps it in fp32.
 
@@ -374,12 +382,15 @@ def _triton_config(KX: int, E: int, N: int, precision: str) -> dict:
         # spilled 28 bytes (fp32, 255 registers). Half the step: 180 / 115 / 74 KB (bf16 / tf32 /
         # fp32), 220 / 174 / 254 registers, no spill (python3 -m kernels.compile_check).
         BLOCK_K //= 2
-    BLOCK_M = 128 if (N <= 16 or precision != "fp32") else 64
+    fp32 = precision in ("fp32", "fp32-ieee")
+    BLOCK_M = 128 if (N <= 16 or not fp32) else 64
     num_warps = 8 if BLOCK_M * BLOCK_N >= 128 * 128 else 4
-    if E and precision == "fp32" and BLOCK_M * BLOCK_N >= 64 * 128:
-        # The fp32 (FMA) dot keeps its whole (64, 128) accumulator in registers: with 4 warps that
-        # is 64 per thread beside four table tiles, and sm_80 spilled 56 bytes at 255 registers.
-        # 8 warps halve the accumulator per thread (the tile and its reduction order are unchanged).
+    if fp32 and (E or precision == "fp32-ieee") and BLOCK_M * BLOCK_N >= 64 * 128:
+        # 8 warps halve the (64, 128) accumulator per thread (the tile and its reduction order are
+        # unchanged). The FMA dot (fp32-ieee) with four table tiles spilled 56 bytes at 255
+        # registers on sm_80 with 4 warps, its x path 32 B on sm_90 (254-255 registers), 128 /
+        # 198-200 registers on 8. 3xTF32 ('fp32') keeps 64 rows: at 128 x 128 sm_80 spilled
+        # 20-36 B at 255 registers (python3 -m kernels.compile_check).
         num_warps = 8
     return dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps, num_stages=3)
 
@@ -394,24 +405,33 @@ def _fmm_linear_triton(a: FmmLinearArgs, frames: Optional[torch.Tensor] = None) 
     """Check (the Triton path's only check) and launch. frames: the (F, h, w, N) view the output
     is stored into (fmm_linear's out=), else a new (M, N) tensor is returned."""
     d = check_args(a)
-    weight, x, x_index, pre_add, pre_index, bias, post_add, post_index, clamp, precision = (
-        a.weight, a.x, a.x_index, a.pre_add, a.pre_index, a.bias, a.post_add, a.post_index,
-        a.clamp, a.precision)
+    weight, precision = a.weight, a.precision
     resolve_backend("triton", weight.device)
     if frames is None:
         out = torch.empty((d.M, d.N), dtype=d.out_dtype, device=weight.device)
         TH, TW = d.TH, d.TW
-        frame_strides = (0, 0, 0)
     else:
         TH, TW = check_out_view(frames, d, weight.device)
         out = frames
-        frame_strides = frames.stride()[:3]
     if d.M == 0:
         return out
     cfg = _triton_config(d.KX, d.E, d.N, precision)
+    launch_fmm_linear(a, d, cfg, out=None if frames is not None else out, frames=frames, TH=TH, TW=TW)
+    return out
+
+
+def launch_fmm_linear(a: FmmLinearArgs, d: _Dims, cfg: dict, out: Optional[torch.Tensor],
+                      frames: Optional[torch.Tensor], TH: int, TW: int, rgb=None) -> None:
+    """Launch _fmm_linear_kernel (arguments checked by the caller): the layer's (M, N) rows into
+    `out`, or into the (F, TH, TW, N) view `frames`. rgb: the ToRGB folded into the epilogue
+    (kernels/linear_rgb.py's RgbFold; its image goes to rgb.out, or to `frames`), the layer's
+    rows then into `out`."""
+    weight, x, x_index, pre_add, pre_index, bias, post_add, post_index, clamp, precision = (
+        a.weight, a.x, a.x_index, a.pre_add, a.pre_index, a.bias, a.post_add, a.post_index,
+        a.clamp, a.precision)
     # With the embedding, row tiles never straddle frames (each frame has its folded weights).
     row_tiles = (d.F * cdiv(d.TH * d.TW, cfg["BLOCK_M"]) if d.E else cdiv(d.M, cfg["BLOCK_M"]))
-    grid = (row_tiles, cdiv(d.N, cfg["BLOCK_N"]))
+    grid = (row_tiles, 1 if rgb is not None else cdiv(d.N, cfg["BLOCK_N"]))
     if grid[1] > 65535:
         raise ValueError(f"N = {d.N} needs more than 65535 column tiles")
     if row_tiles > _INT32_MAX:
@@ -428,6 +448,8 @@ def _fmm_linear_triton(a: FmmLinearArgs, frames: Optional[torch.Tensor] = None) 
     if bias is not None:
         bias = bias.contiguous()
     dummy = weight  # pointer for absent operands; never read (their HAS_* flag is off)
+    frame_strides = frames.stride()[:3] if frames is not None else (0, 0, 0)
+    uint8 = (rgb.uint8 if rgb is not None else d.out_dtype == torch.uint8)
     mod = load_triton_module("_linear_triton")
     mod._fmm_linear_kernel[grid](
         dummy if x is None else x,
@@ -441,30 +463,41 @@ def _fmm_linear_triton(a: FmmLinearArgs, frames: Optional[torch.Tensor] = None) 
         dummy if bias is None else bias,
         dummy if post_add is None else post_add,
         dummy if post_index is None else post_index,
-        dummy if frames is not None else out,
-        out if frames is not None else dummy,
-        d.M, d.N, d.KX, d.E, TH, TW,
+        dummy if rgb is None else rgb.W,
+        dummy if rgb is None else rgb.bias,
+        dummy if rgb is None or rgb.img is None else rgb.img,
+        dummy if rgb is None or rgb.img_index is None else rgb.img_index,
+        dummy if rgb is None or rgb.out is None else rgb.out,
+        dummy if out is None else out,
+        dummy if frames is None else frames,
+        d.M, 0 if rgb is None else rgb.W.shape[0], d.N, d.KX, d.E, TH, TW,
         x.stride(0) if x is not None else 0,
         weight.stride(0),
         pre_add.stride(0) if pre_add is not None else 0,
         post_add.stride(0) if post_add is not None else 0,
-        0 if frames is not None else out.stride(0),
+        out.stride(0) if out is not None else 0,
         *frame_strides,
         a.gain, 0.0 if clamp is None else clamp,
+        0.0 if rgb is None or rgb.clamp is None else rgb.clamp,
+        0 if rgb is None or rgb.img is None else rgb.img.stride(0),
         HAS_X=x is not None, HAS_X_INDEX=x_index is not None, HAS_EMB=d.E > 0,
         HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
         HAS_BIAS=bias is not None, ACT=a.act, HAS_CLAMP=clamp is not None,
         HAS_POST=post_add is not None, HAS_POST_INDEX=post_index is not None,
-        OUT_UINT8=d.out_dtype == torch.uint8,
+        OUT_UINT8=uint8,
         OUT_FRAMES=frames is not None,
+        RGB_FOLD=rgb is not None,
+        RGB_HAS_CLAMP=rgb is not None and rgb.clamp is not None,
+        RGB_HAS_POST=rgb is not None and rgb.img is not None,
+        RGB_HAS_POST_INDEX=rgb is not None and rgb.img_index is not None,
         DOT_PRECISION=triton_dot_precision(precision),
         BF16_OPERANDS=precision == "bf16",
         INTERPRETER=mod.INTERPRETED,
         ROUND_BF16_STORE=mod.INTERPRETED and d.out_dtype == torch.bfloat16,
+        BLOCK_R=16,
         enable_fp_fusion=False,
         **cfg,
     )
-    return out
 
 
 @torch.library.custom_op("digan::fmm_linear", mutates_args=())
