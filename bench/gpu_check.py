@@ -61,7 +61,7 @@ class Plan:
     render_reps: int = 1
     tiles_s: float = 45.0
     tiles_size: str = "128x16x1"
-    tiles_precisions: List[str] = field(default_factory=lambda: ["fp32", "tf32", "bf16"])
+    tiles_precisions: List[str] = field(default_factory=lambda: ["fp32", "fp32-ieee", "tf32", "bf16"])
     kernels_s: float = 120.0
     kernels_args: List[str] = field(default_factory=lambda: ["--quick"])
 

@@ -31,7 +31,7 @@ from .view import Rect, level_coords, num_levels
 
 __all__ = ["KINDS", "Layer", "Program", "LayerWeights", "generator_program", "layer_module",
            "layer_fuser", "modulate_layers", "split_weight", "layer_weights", "level_index", "level_xy",
-           "linear_calls", "run_chain"]
+           "linear_calls", "final_level_group", "run_chain"]
 
 KINDS = ("emb", "split", "conv", "torgb")
 
@@ -199,10 +199,23 @@ def linear_calls(prog: Program) -> int:
     return sum(layer.calls for layer in prog.layers)
 
 
+def final_level_group(layers: Sequence[Layer]) -> Optional[int]:
+    """Where the final level's chain starts when it is one fusable group (split conv0, convs,
+    one ToRGB, nothing else): the index of its split layer; else None."""
+    for i in range(len(layers) - 1, -1, -1):
+        if layers[i].kind == "split":
+            rest = [layer.kind for layer in layers[i + 1:]]
+            if rest and rest[-1] == "torgb" and all(k == "conv" for k in rest[:-1]):
+                return i
+            return None
+    return None
+
+
 def run_chain(weights: Sequence[LayerWeights], linear: Callable, index: Sequence[Optional[torch.Tensor]],
               emb: Mapping[int, Mapping[str, Any]], act_kw: Optional[Dict[str, Any]] = None,
               feat_kw: Optional[Dict[str, Any]] = None, rgb_kw: Optional[Dict[str, Any]] = None,
-              last_rgb_kw: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+              last_rgb_kw: Optional[Dict[str, Any]] = None, level: Optional[Callable] = None,
+              linear_rgb: Optional[Callable] = None) -> torch.Tensor:
     """The layer chain over the rows of one tile (rows (f, i, j) row-major, channels last).
 
     weights: one LayerWeights per program layer, in program order. linear(W, x, **kw): the fused
@@ -210,28 +223,48 @@ def run_chain(weights: Sequence[LayerWeights], linear: Callable, index: Sequence
     index[level]: parent index of the level's rows (level_index); emb[i]: the embedding keywords
     (emb_A, emb_b, xs, ys) of layer i. Extra keywords: act_kw for the activated convs' outputs,
     feat_kw for split conv0's features part, rgb_kw for ToRGB (last_rgb_kw for the last one).
+    Optional fused ops (the same results, fewer passes over the activations):
+    level(group, emb=, pre_add=, pre_index=, img=, img_index=, **last_rgb_kw): one op for the final
+    level from conv0's embedding call on (kernels.fmm_level), when the final level is one group
+    (final_level_group); its split conv0's parent part stays a linear call.
+    linear_rgb(W, x, layer keywords, ToRGB LayerWeights, img, img_index, ToRGB keywords) -> (x, img):
+    a layer and the ToRGB that follows it in one op (kernels.fmm_linear_torgb).
     -> the image rows (M, img_channels) of the final level."""
     act_kw, feat_kw, rgb_kw = act_kw or {}, feat_kw or {}, rgb_kw or {}
     last_rgb_kw = rgb_kw if last_rgb_kw is None else last_rgb_kw
     x = img = None
     last = len(weights) - 1
+    fuse_at = final_level_group([lw.layer for lw in weights]) if level is not None else None
+    folded = -1                                                           # a ToRGB already computed
     for i, lw in enumerate(weights):
         layer = lw.layer
         idx = index[layer.level] if layer.up else None
+        if i == fuse_at:
+            y = linear(lw.W, x, **feat_kw)                                # parent rows
+            return level(weights[i:], emb=emb[i], pre_add=y, pre_index=idx, img=img,
+                         img_index=idx if img is not None else None, **last_rgb_kw)
         if layer.kind == "torgb":
-            img = linear(lw.W, x, bias=lw.bias, clamp=lw.clamp, post_add=img,
-                         post_index=idx if img is not None else None,
-                         **(last_rgb_kw if i == last else rgb_kw))
+            if i != folded:
+                img = linear(lw.W, x, bias=lw.bias, clamp=lw.clamp, post_add=img,
+                             post_index=idx if img is not None else None,
+                             **(last_rgb_kw if i == last else rgb_kw))
             continue
         act = dict(bias=lw.bias, act=True, clamp=lw.clamp, **act_kw)
         if layer.kind == "emb":                                           # b4: embedding only
-            x = linear(lw.W_e, None, **emb[i], **act)
+            W, src, kw = lw.W_e, None, dict(emb[i], **act)
         elif layer.kind == "split":                                       # split conv0
             y = linear(lw.W, x, **feat_kw)                                # parent rows
-            x = linear(lw.W_e, None, **emb[i], pre_add=y, pre_index=idx, **act)
-            del y
+            W, src, kw = lw.W_e, None, dict(emb[i], pre_add=y, pre_index=idx, **act)
         else:
-            x = linear(lw.W, x, x_index=idx, **act)
+            W, src, kw = lw.W, x, dict(x_index=idx, **act)
+        nxt = weights[i + 1] if i < last else None
+        if linear_rgb is not None and nxt is not None and nxt.layer.kind == "torgb":
+            r_idx = index[nxt.layer.level] if nxt.layer.up and img is not None else None
+            x, img = linear_rgb(W, src, kw, nxt, img, r_idx, last_rgb_kw if i + 1 == last else rgb_kw)
+            folded = i + 1
+        else:
+            x = linear(W, src, **kw)
+        kw = y = None                                                     # free split conv0's part
     if img is None:
         raise ValueError("the chain has no ToRGB layer")
     return img

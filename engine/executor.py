@@ -35,6 +35,7 @@ from digan.networks import Generator
 from digan.program import (
     LayerWeights,
     Program,
+    final_level_group,
     generator_program,
     layer_fuser,
     layer_weights,
@@ -46,6 +47,7 @@ from digan.program import (
 from digan.view import Rect, level_rects
 from kernels import fmm_linear, fmm_modulate, nearest_index, torgb_modulate
 from kernels._common import COMPUTE_DTYPES
+from kernels.linear_rgb import fold_supported
 
 from .plan import Tile
 from .request import TimeGrid
@@ -70,6 +72,10 @@ class BlockWeights:
     layers: List[LayerWeights]
     A: Optional[torch.Tensor] = None  # (E, 2) fp32 embedding frequencies
     b: Optional["FrameBias"] = None   # b[f0:f1] -> (f1 - f0, E) fp32 embedding bias per frame
+    # The final block when its level runs as one fused kernel (kernels.fmm_level): the weights of
+    # its convs after conv0 stacked (L, C, C) and their biases (L, C); the layers' W are views.
+    conv_W: Optional[torch.Tensor] = None
+    conv_b: Optional[torch.Tensor] = None
 
     def nbytes(self) -> int:
         ts = [t for lw in self.layers for t in (lw.W, lw.W_e) if t is not None]
@@ -206,7 +212,63 @@ def prepare_video(G: Generator, ws: torch.Tensor, z_motion: torch.Tensor, Ts: Un
             fuser, w = layer_fuser(syn, layer), ws[None, layer.w]                 # w (1, w_dim)
             A, _ = fuser.params(w, z_motion[None], grid.slice(0, 1, device=ws.device)[None])
             bw.A, bw.b = A[0].contiguous(), FrameBias(fuser, w, z_motion[None], grid)
+    if fuse_final_level(prog, precision, backend, ws.device):
+        _stack_final_convs(out[-1])
     return out
+
+
+def fuse_final_level(prog: Program, precision: str, backend: str, device: torch.device) -> bool:
+    """Whether the final level runs as one kernel (kernels.fmm_level): on the Triton backend, when
+    the level is one group (split conv0, convs, ToRGB) whose width, precision and conv count the
+    fused kernel compiles for without spilling on this device's arch
+    (kernels.level.fused_level_spill_free, from python -m kernels.compile_level)."""
+    if backend != "triton" or not _FUSE_LEVELS:
+        return False
+    from kernels.level import _target_arch, fused_level_spill_free
+    i = final_level_group(prog.layers)
+    if i is None:
+        return False
+    split = prog.layers[i]
+    return fused_level_spill_free(split.c_out, precision, _target_arch(torch.device(device)), len(prog.layers) - i - 2)
+
+
+def _stack_final_convs(bw: BlockWeights) -> None:
+    """The final block's convs after conv0 as one (L, C, C) stack (the layers keep views of it),
+    when they share conv0's clamp (the fused kernel takes one clamp for the level's convs)."""
+    convs = [lw for lw in bw.layers if lw.layer.kind == "conv"]
+    if not convs or any(lw.clamp != bw.layers[0].clamp for lw in convs):
+        return
+    bw.conv_W = torch.stack([lw.W for lw in convs])                     # (L, C, C)
+    bw.conv_b = torch.stack([lw.bias for lw in convs])                  # (L, C)
+    for n, lw in enumerate(convs):
+        lw.W, lw.bias = bw.conv_W[n], bw.conv_b[n]
+
+
+def _fused_level(bw: BlockWeights, precision: str, backend: str, group, *, emb, pre_add, pre_index, img,
+                 img_index, out_dtype=None, out_uint8: bool = False, out: Optional[torch.Tensor] = None):
+    """run_chain's `level` op: the final level in one kernel (kernels.fmm_level)."""
+    from kernels.level import fmm_level
+    split, rgb = group[0], group[-1]
+    return fmm_level(split.W_e, split.bias, bw.conv_W, bw.conv_b, rgb.W, rgb.bias, **emb, pre_add=pre_add,
+                     pre_index=pre_index, img=img, img_index=img_index, clamp=split.clamp, rgb_clamp=rgb.clamp,
+                     out_uint8=out_uint8, precision=precision, backend=backend, out=out)
+
+
+def _fold_rgb(precision: str, backend: str, W, x, layer_kw: dict, rgb: LayerWeights, img, img_index,
+              rgb_kw: dict):
+    """run_chain's `linear_rgb` op: a layer and its block's ToRGB in one kernel (Triton)."""
+    from kernels.linear_rgb import fmm_linear_torgb
+    if rgb_kw.get("out_dtype") not in (None, torch.float32) or set(rgb_kw) - {"out_dtype", "out_uint8", "out"}:
+        raise ValueError(f"a folded ToRGB stores fp32 or uint8 rows or into out=, got {rgb_kw}")
+    return fmm_linear_torgb(W, x, rgb_weight=rgb.W, rgb_bias=rgb.bias, rgb_clamp=rgb.clamp, img=img,
+                            img_index=img_index, img_uint8=rgb_kw.get("out_uint8", False), img_out=rgb_kw.get("out"),
+                            precision=precision, backend=backend, **layer_kw)
+
+
+# Fused ops on (tests compare them with the per-layer chain by switching these off): the final
+# level in one kernel, and each ToRGB folded into the layer before it (Triton backend).
+_FUSE_LEVELS = True
+_FOLD_RGB = True
 
 
 @torch.no_grad()
@@ -238,9 +300,13 @@ def render_tile(G: Generator, blocks: List[BlockWeights], tile: Tile, scale: int
     last = dict(out_dtype=None, out_uint8=True) if to_u8 else dict(out_dtype=torch.float32)
     if into is not None:
         last["out"] = into
+    level = (functools.partial(_fused_level, blocks[-1], precision, backend)
+             if blocks[-1].conv_W is not None and fuse_final_level(prog, precision, backend, device) else None)
     img = run_chain(weights, functools.partial(fmm_linear, precision=precision, backend=backend), index, emb,
-                    act_kw=dict(out_dtype=dtype), feat_kw=dict(out_dtype=torch.float32),
-                    rgb_kw=dict(out_dtype=torch.float32), last_rgb_kw=last)
+                    act_kw=dict(out_dtype=dtype), feat_kw=dict(out_dtype=dtype),
+                    rgb_kw=dict(out_dtype=torch.float32), last_rgb_kw=last, level=level,
+                    linear_rgb=functools.partial(_fold_rgb, precision, backend)
+                    if backend == "triton" and _FOLD_RGB and fold_supported(precision) else None)
     if into is not None:
         return into
     h, w = rects[-1][1] - rects[-1][0], rects[-1][3] - rects[-1][2]

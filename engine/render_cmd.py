@@ -88,7 +88,9 @@ def add_render_args(p: argparse.ArgumentParser, add_model_args: Callable) -> Non
     g.add_argument("--encoder", choices=["auto", "native", "pyav"], default="auto",
                    help="native C++ frame stream (own thread) or pure-Python PyAV")
     g = p.add_argument_group("compute")
-    g.add_argument("--precision", "--dtype", dest="precision", choices=["fp32", "tf32", "bf16"], default="fp32")
+    g.add_argument("--precision", "--dtype", dest="precision", choices=["fp32", "tf32", "bf16", "fp32-ieee"],
+                   default="fp32", help="GEMM precision: fp32 (on a GPU as 3xTF32 tensor-core dots, within the fp32 "
+                                        "parity bound), tf32, bf16, or fp32-ieee (exact-product FMA dots, slower)")
     g.add_argument("--memory-budget", default="2G", help="bytes for tiles + one chunk of frames, e.g. 512M, 4G")
     g.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")

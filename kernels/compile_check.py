@@ -455,7 +455,8 @@ def check(scenarios: Sequence[Scenario], archs: Sequence[int] = ARCHS,
 def markdown_table(records: Sequence[Record]) -> str:
     """The report as a Markdown table (bench/RESULTS.md)."""
     key = ("ACT", "HAS_X", "HAS_X_INDEX", "HAS_EMB", "HAS_PRE", "HAS_POST", "OUT_UINT8", "NEED_X",
-           "NEED_EMB", "HAS_BIAS", "HAS_CLAMP", "BLOCK_M", "BLOCK_N", "BLOCK_K")
+           "NEED_EMB", "HAS_BIAS", "HAS_CLAMP", "RGB_FOLD", "OUT_FRAMES", "C", "L", "BLOCK_M", "BLOCK_N",
+           "BLOCK_K")
     rows = ["| kernel | arch | precision | variant | regs | spill B | smem B | mma | trig in loop | ok |",
             "|---|---|---|---|---:|---:|---:|---|---:|---|"]
     for r in sorted(records, key=lambda r: (r.kernel, -r.arch, r.precision, str(r.constexprs))):

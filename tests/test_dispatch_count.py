@@ -59,7 +59,7 @@ def _triton_kernels():
 
     from kernels._common import load_triton_module
     out = {}
-    for name in ("_linear_triton", "_modulate_triton", "_rgb_triton"):
+    for name in ("_linear_triton", "_level_triton", "_modulate_triton", "_rgb_triton"):
         mod = load_triton_module(name)
         out.update({f"{name}.{k}": v for k, v in vars(mod).items() if isinstance(v, KernelInterface)})
     return out
@@ -70,12 +70,16 @@ def tiny():
     return perturbed_generator("tiny-32", 5).requires_grad_(False)
 
 
-def test_tiles_dispatch_only_the_fused_ops(tiny, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tiles_dispatch_only_the_fused_ops(tiny, monkeypatch, precision):
     """tiny-32 at 32x32 per level-grid, zoomed out by 2 rows on top and bottom: row bands of 2, 16,
-    16 and 2 rows (two tile shapes, four rectangles), one frame per chunk, 3 chunks: 12 tiles."""
+    16 and 2 rows (two tile shapes, four rectangles), one frame per chunk, 3 chunks: 12 tiles.
+    bf16 (forced to run as bf16 on any CPU) also runs the final level as one fused kernel."""
+    monkeypatch.setattr("engine.precision.cpu_bf16_support", lambda: (True, "test"))
     cfg = tiny.cfg
     view = View(top=-2, height=36, left=6, width=20)
-    req = RenderRequest(seeds=[3], frames=3, t_end=1.3, view=view, backend="triton", device="cpu")
+    req = RenderRequest(seeds=[3], frames=3, t_end=1.3, view=view, backend="triton", device="cpu",
+                        precision=precision)
     plan = make_plan(cfg, view, 3, 1 << 30, max_tile_rows=16 * 20)
     assert plan.rects == [(-2, 0, 6, 26), (0, 16, 6, 26), (16, 32, 6, 26), (32, 34, 6, 26)]
     assert plan.frames_per_chunk == 1 and plan.num_tiles == 12
@@ -120,16 +124,30 @@ def test_tiles_dispatch_only_the_fused_ops(tiny, monkeypatch):
 
     warm = range(tiles_per_chunk + 1, plan.num_tiles + 1)
     per_tile = {t: collections.Counter(op for (ph, t_), op in log.ops if ph == "tile" and t_ == t) for t in warm}
-    # 1. Inside render_tile: the chain's fmm_linear calls only, the last ToRGB storing straight
-    #    into the tile's place in the chunk buffer (fmm_linear_out), the same for every tile, and
-    #    no more calls than the chain has (a regression shows here).
-    expected = collections.Counter({"digan.fmm_linear.default": n_linear - 1, "digan.fmm_linear_out.default": 1})
+    # 1. Inside render_tile: the chain's fused ops only, the same for every tile, and no more than
+    #    the chain needs (a regression shows here): every ToRGB folded into the layer before it
+    #    (fmm_linear_torgb), the last one storing straight into the tile's place in the chunk
+    #    buffer (fmm_linear_torgb_out); tiny-32: 13 linear calls, 4 ToRGBs -> 5 + 3 + 1 ops.
+    n_rgb = sum(1 for layer in prog.layers if layer.kind == "torgb")
+    if precision == "fp32":
+        expected = collections.Counter({"digan.fmm_linear.default": n_linear - 2 * n_rgb,
+                                        "digan.fmm_linear_torgb.default": n_rgb - 1,
+                                        "digan.fmm_linear_torgb_out.default": 1})
+        kernels = {"_linear_triton._fmm_linear_kernel": 9}
+    else:
+        # the final level (split conv0's parent part + conv0 + conv1 + ToRGB) as its parent part
+        # and one fused kernel storing into the chunk buffer (fmm_level_out): 8 ops, 2 for it.
+        expected = collections.Counter({"digan.fmm_linear.default": 4, "digan.fmm_linear_torgb.default": 3,
+                                        "digan.fmm_level_out.default": 1})
+        kernels = {"_linear_triton._fmm_linear_kernel": 7, "_level_triton._fmm_level_kernel": 1}
+    n_ops = sum(expected.values())
+    assert n_ops == sum(kernels.values())
     for t, ops in per_tile.items():
         assert ops == expected, f"tile {t}: {dict(ops)}"
-    # Every fmm_linear call is one kernel launch, nothing else launches.
+    # Every op is one kernel launch, nothing else launches.
     for t in warm:
         got = {name: n for (t_, name), n in launches.items() if t_ == t}
-        assert got == {"_linear_triton._fmm_linear_kernel": n_linear}, f"tile {t}: {got}"
+        assert got == kernels, f"tile {t}: {got}"
     # 2. The embedding bias b(t): per chunk, not per tile: the first tile of a chunk takes each
     #    embedding block's rows of the chunk's frames as a view of its cached BIAS_BLOCK block.
     bias_ops = collections.defaultdict(collections.Counter)

@@ -47,3 +47,24 @@ def test_triton_engine_matches_official_fixture(official_g):
     blocks = prepare_video(r.G, ws, fx["in.z_motion"][0].to(r.device), r.Ts, "fp32", "triton")
     out = torch.cat([r.render_chunk(blocks, c, out="float").permute(0, 3, 1, 2).cpu() for c in r.plan.chunks()])
     assert rel_l2(out, ref) <= 1e-5
+
+
+@pytest.mark.usefixtures("fixed_order_dot")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_ops_give_the_per_layer_chains_frames(tiny, precision, monkeypatch):
+    """The ToRGBs folded into the layers before them (and the fused final level where the kernel
+    takes the level) against the per-layer chain of fmm_linear calls: the same uint8 frames and
+    the same fp32 image, bit for bit (interpreter with the fixed-order dot: an element's bits do
+    not depend on the dot's tile shape). bf16 is forced to run as bf16 on any CPU."""
+    import engine.executor as ex
+    monkeypatch.setattr("engine.precision.cpu_bf16_support", lambda: (True, "test"))
+    req = RenderRequest(seeds=[6, 2], frames=3, t_end=1.2, view=View(scale=2, top=-3, left=5, height=37, width=41),
+                        precision=precision, backend="triton", device=DEVICE)
+    fused = Renderer(tiny, req)
+    got_u8 = torch.stack([f.cpu() for _, _, f in fused.frames()])
+    got_f = fused.render_float()
+    monkeypatch.setattr(ex, "_FOLD_RGB", False)
+    monkeypatch.setattr(ex, "_FUSE_LEVELS", False)
+    plain = Renderer(tiny, req)
+    assert torch.equal(got_u8, torch.stack([f.cpu() for _, _, f in plain.frames()]))
+    assert torch.equal(got_f, plain.render_float())

@@ -82,7 +82,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ema-kimg", type=float, default=None, help="G_ema half-life in kimg (10·batch/32)")
     r.add_argument("--ema-rampup", type=float, default=None, help="EMA ramp-up (0.05); negative = off")
     r.add_argument("--seed", type=int, default=None, help="random seed (0)")
-    r.add_argument("--kernels", choices=("off", "fp32", "tf32", "bf16"), default="off",
+    r.add_argument("--kernels", choices=("off", "fp32", "tf32", "bf16", "fp32-ieee"), default="off",
                    help="run G's synthesis on our fused kernels (digan.fast_synthesis) in this precision; "
                         "'off' = the reference PyTorch path, numerically the official code")
 
