@@ -9,11 +9,12 @@ Model (bf16 activations, digan-128 architecture; 1024² is the same network at V
   - HBM bytes per frame are the activations each kernel reads and writes once (unique bytes: the
     4 children of a parent row read it within one L2 lifetime), the embedding tables, and conv0's
     per-frame folded weights (C x 2E); the per-video weights (read once, then L2) are left out.
-    Split conv0's parent part is stored in fp32 (what the engine does today).
-  - Per-layer design: one kernel per GEMM (engine/executor.render_tile). Fused design: the top
-    level(s) (C <= 256: conv0 -> convs -> ToRGB + skip -> uint8) in one kernel
-    (kernels/level.py), reading only conv0's parent part and the parent image; at the 512-wide
-    levels the ToRGB folded into the last conv's epilogue (planned, not built yet: DESIGN §7).
+    Split conv0's parent part is stored in the compute dtype (bf16), as the engine does.
+  - Per-layer design: one kernel per GEMM (engine/executor.render_tile with the fused ops off).
+    Fused design, what the engine runs on the Triton backend in bf16: the final level (conv0 ->
+    convs -> ToRGB + skip -> uint8) in one kernel (kernels/level.py), reading only conv0's
+    parent part and the parent image; every other ToRGB folded into the epilogue of the layer
+    before it (kernels/linear_rgb.py), so its activation is not re-read.
   - Roofline time of a kernel: max(FLOPs / 790 TFLOP/s, bytes / 4.8 TB/s) (the H200's measured
     bf16 matmul rate and its HBM bandwidth), summed over the kernels; MFU = FLOPs / 790 T / time.
     Real kernels reach a fraction of it (MMA efficiency, tails, launch gaps are not modelled).
@@ -93,8 +94,8 @@ def kernel_costs(cfg: GeneratorConfig, view: View = View(), fused: bool = False,
             if res == 4:
                 layers.append(("conv0-emb", 2 * p * E2 * C, emb_bytes + p * C * a))
             else:
-                layers.append(("conv0-parent", 2 * pp * Cp * C, pp * Cp * a + pp * C * 4))
-                layers.append(("conv0-emb", 2 * p * E2 * C, emb_bytes + pp * C * 4 + p * C * a))
+                layers.append(("conv0-parent", 2 * pp * Cp * C, pp * Cp * a + pp * C * a))
+                layers.append(("conv0-emb", 2 * p * E2 * C, emb_bytes + pp * C * a + p * C * a))
         else:
             layers.append(("conv0", 2 * p * Cp * C, p * Cp * a + p * C * a))
         for k in range(cfg.num_conv(res) - 1):
@@ -102,14 +103,15 @@ def kernel_costs(cfg: GeneratorConfig, view: View = View(), fused: bool = False,
         torgb = ("torgb", 2 * p * C * R, p * C * a + img_in + img_out)
         if not fused:
             layers.append(torgb)
-        elif C <= FUSED_MAX_CHANNELS and cfg.has_embedding(res) and res != 4:
-            # The level kernel: everything after conv0's parent part on chip; it reads the tables,
-            # the folded weights, the parent part and the parent image, and writes the image.
+        elif res == last and C <= FUSED_MAX_CHANNELS and cfg.has_embedding(res) and res != 4:
+            # The level kernel (the final level only: it keeps no activation for a next level):
+            # everything after conv0's parent part on chip; it reads the tables, the folded
+            # weights, the parent part and the parent image, and writes the image.
             inner = layers[1:] + [torgb]
             level_bytes = layers[1][2] - p * C * a + img_in + img_out
             layers = layers[:1] + [("level", sum(f for _, f, _ in inner), level_bytes)]
         else:
-            # ToRGB in the last conv's epilogue: its activation is not re-read (planned).
+            # ToRGB in the last conv's epilogue: its activation is not re-read (linear_rgb.py).
             name, f, b = layers[-1]
             layers[-1] = (f"{name}+torgb", f + torgb[1], b + img_in + img_out)
         out += [KernelCost(res, n, f, b) for n, f, b in layers]
@@ -135,9 +137,9 @@ def level_table(cfg: GeneratorConfig, sc: Scenario) -> List[Dict]:
 def markdown(cfg: GeneratorConfig, scenarios: Sequence[Scenario] = SCENARIOS) -> str:
     out = ["**ESTIMATE, not a measurement** (`python bench/estimate.py --write`; model in its docstring): "
            "digan-128 architecture, bf16 activations, H200 roofline at 790 TFLOP/s bf16 and 4.8 TB/s. "
-           "FLOPs and bytes are per frame; times are for the whole scenario. The 512-wide levels' "
-           "fused column assumes the ToRGB folded into the last conv (planned); the top level's is "
-           "kernels/level.py."]
+           "FLOPs and bytes are per frame; times are for the whole scenario. Fused: what the engine "
+           "runs in bf16 on the Triton backend (the final level in one kernel, kernels/level.py; every "
+           "other ToRGB folded into the layer before it, kernels/linear_rgb.py)."]
     for sc in scenarios:
         rows = level_table(cfg, sc)
         out += ["", f"_{sc.name} ({sc.total_frames} frames, View(scale={sc.scale}))_", "",
