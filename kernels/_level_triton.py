@@ -23,7 +23,6 @@ from ._triton_common import (
     _emb_mma,
     _mma,
     _round_bf16,
-    _round_tf32,
 )
 
 INTERPRETED = interpreter_enabled()   # how the kernels below were decorated (see load_triton_module)
@@ -57,19 +56,9 @@ def _mma_t(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
     """acc^T += a @ b, the transposed form of the per-layer product acc += b^T @ a^T, with the
     per-layer bits: the same products summed in the same order. Only 3xTF32 is not symmetric in
     its operands (_triton_common._mma adds x_lo @ y_hi, then x_hi @ y_lo, then x_hi @ y_hi for
-    x @ y): with x = b^T, y = a^T its terms are a_hi @ b_lo, a_lo @ b_hi, a_hi @ b_hi here."""
-    if DOT_PRECISION == "tf32x3" and not BF16_OPERANDS:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-        a_hi = _round_tf32(a)
-        b_hi = _round_tf32(b)
-        a_lo = _round_tf32(a - a_hi)
-        b_lo = _round_tf32(b - b_hi)
-        acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
-        acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
-        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
-    else:
-        return _mma(a, b, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+    x @ y): with x = b^T, y = a^T its terms are a_hi @ b_lo, a_lo @ b_hi, a_hi @ b_hi here,
+    _mma's TRANSPOSED order (one 3xTF32, written once)."""
+    return _mma(a, b, acc, DOT_PRECISION, BF16_OPERANDS, INTERPRETER, TRANSPOSED=True)
 
 
 @triton.jit

@@ -50,7 +50,7 @@ def _round_tf32(x):
 
 @triton.jit
 def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
-         INTERPRETER: tl.constexpr):
+         INTERPRETER: tl.constexpr, TRANSPOSED: tl.constexpr = False):
     """acc += a @ b with fp32 accumulation; operands in bf16 (BF16_OPERANDS), or fp32 by
     DOT_PRECISION:
 
@@ -78,6 +78,10 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
               against 3.0e-8 for "ieee" and 1.4e-4 for 'tf32'; the official small-64 fixture
               through the Triton engine: relative L2 8.7e-7, inside the fp32 parity bound 1e-5.
               Written out here, not left to Triton, so the interpreter runs the same algorithm.
+              TRANSPOSED: this is the transposed form acc^T += a @ b of a product b^T @ a^T
+              (the fused level kernel's): the cross terms come in the mirrored order a_hi @ b_lo,
+              a_lo @ b_hi, so every element gets the per-layer product's sums in its order (the
+              only operand-asymmetric mode).
     """
     if BF16_OPERANDS:
         if INTERPRETER:
@@ -94,8 +98,12 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
         b_hi = _round_tf32(b)
         a_lo = _round_tf32(a - a_hi)
         b_lo = _round_tf32(b - b_hi)
-        acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
-        acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+        if TRANSPOSED:
+            acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+            acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+            acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
         return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
     elif DOT_PRECISION == "tf32":
         return tl.dot(_round_tf32(a.to(tl.float32)), _round_tf32(b.to(tl.float32)), acc,
