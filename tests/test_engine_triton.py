@@ -6,6 +6,7 @@ import torch
 import tests.kernel_utils  # noqa: F401  (TRITON_INTERPRET is set by tests/conftest.pytest_configure)
 from digan.view import View
 from engine.executor import prepare_video
+from engine.plan import make_plan
 from engine.renderer import Renderer
 from engine.request import RenderRequest
 from tests.conftest import perturbed_generator, rel_l2
@@ -58,13 +59,29 @@ def test_fused_ops_give_the_per_layer_chains_frames(tiny, precision, monkeypatch
     not depend on the dot's tile shape). bf16 is forced to run as bf16 on any CPU."""
     import engine.executor as ex
     monkeypatch.setattr("engine.precision.cpu_bf16_support", lambda: (True, "test"))
-    req = RenderRequest(seeds=[6, 2], frames=3, t_end=1.2, view=View(scale=2, top=-3, left=5, height=37, width=41),
-                        precision=precision, backend="triton", device=DEVICE)
-    fused = Renderer(tiny, req)
+    # a crop at scale 1 reaching past the top edge: every level, the skips by index, 2 chunks
+    req = RenderRequest(seeds=[6], frames=2, t_end=1.2, view=View(top=-3, left=5, height=21, width=19),
+                        precision=precision, backend="triton", device=DEVICE, memory_budget=1 << 30)
+    plan = make_plan(tiny.cfg, req.view, 2, 1 << 30, max_frames_per_chunk=1)
+    import kernels.level as level_mod
+    import kernels.linear_rgb as rgb_mod
+    calls = {"fold": 0, "level": 0}
+
+    def counted(name, fn):
+        def run(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(rgb_mod, "fmm_linear_torgb", counted("fold", rgb_mod.fmm_linear_torgb))
+    monkeypatch.setattr(level_mod, "fmm_level", counted("level", level_mod.fmm_level))
+    fused = Renderer(tiny, req, plan=plan)
     got_u8 = torch.stack([f.cpu() for _, _, f in fused.frames()])
     got_f = fused.render_float()
+    # 2 chunks x 2 renders: 3 folded ToRGBs each (4 in fp32, where the final level is not fused)
+    assert calls == ({"fold": 16, "level": 0} if precision == "fp32" else {"fold": 12, "level": 4}), calls
     monkeypatch.setattr(ex, "_FOLD_RGB", False)
     monkeypatch.setattr(ex, "_FUSE_LEVELS", False)
-    plain = Renderer(tiny, req)
+    plain = Renderer(tiny, req, plan=plan)
     assert torch.equal(got_u8, torch.stack([f.cpu() for _, _, f in plain.frames()]))
     assert torch.equal(got_f, plain.render_float())
