@@ -300,8 +300,10 @@ def render_tile(G: Generator, blocks: List[BlockWeights], tile: Tile, scale: int
     last = dict(out_dtype=None, out_uint8=True) if to_u8 else dict(out_dtype=torch.float32)
     if into is not None:
         last["out"] = into
+    # prepare_video stacked the final convs exactly when fuse_final_level chose the fused level
+    # for this precision, backend and device: decided once per video, not per tile.
     level = (functools.partial(_fused_level, blocks[-1], precision, backend)
-             if blocks[-1].conv_W is not None and fuse_final_level(prog, precision, backend, device) else None)
+             if blocks[-1].conv_W is not None and backend == "triton" else None)
     img = run_chain(weights, functools.partial(fmm_linear, precision=precision, backend=backend), index, emb,
                     act_kw=dict(out_dtype=dtype), feat_kw=dict(out_dtype=dtype),
                     rgb_kw=dict(out_dtype=torch.float32), last_rgb_kw=last, level=level,

@@ -132,6 +132,19 @@ def check_tensor(t, name: str, *, ndim: Optional[int] = None, shape: Optional[Se
                          f"{tuple(t.stride())}")
 
 
+def check_out_layout(out: torch.Tensor, across: str) -> None:
+    """An out= destination view (any strides, e.g. a tile's place in a frame buffer): unit stride
+    across its last dimension (`across` names it in the message), not overlapping itself (the
+    kernels store each element once), not requiring grad (the op is not differentiable)."""
+    if out.shape[-1] > 1 and out.stride(-1) != 1:
+        raise ValueError(f"out must have unit stride across {across}, got strides {tuple(out.stride())}")
+    if any(st < 0 or (st == 0 and n > 1) for st, n in zip(out.stride(), out.shape)) or (
+            torch._debug_has_internal_overlap(out) == 1):
+        raise ValueError(f"out must not overlap itself, got strides {tuple(out.stride())}")
+    if out.requires_grad:
+        raise ValueError("out= does not take a tensor that requires grad")
+
+
 def tensor_device(t, name: str) -> torch.device:
     """The device of tensor `t` (ValueError naming `name` when it is no tensor): what a dispatch
     needs to pick the backend before the chosen path checks everything else."""

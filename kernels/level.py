@@ -59,6 +59,7 @@ from ._common import (
     FLOAT_DTYPES,
     cdiv,
     check_index,
+    check_out_layout,
     check_precision,
     check_tensor,
     load_triton_module,
@@ -209,13 +210,7 @@ def _check_out(out, d, R: int, out_uint8: bool, dev: torch.device) -> None:
     out_uint8 else fp32, on the weights' device, not overlapping itself."""
     check_tensor(out, "out", ndim=4, shape=(d.F, d.TH, d.TW, R),
                  dtypes=(torch.uint8 if out_uint8 else torch.float32,), device=dev)
-    if R > 1 and out.stride(-1) != 1:
-        raise ValueError(f"out must have unit stride across colours, got strides {tuple(out.stride())}")
-    if any(st < 0 or (st == 0 and n > 1) for st, n in zip(out.stride(), out.shape)) or (
-            torch._debug_has_internal_overlap(out) == 1):
-        raise ValueError(f"out must not overlap itself, got strides {tuple(out.stride())}")
-    if out.requires_grad:
-        raise ValueError("out= does not take a tensor that requires grad")
+    check_out_layout(out, "colours")
 
 
 # ---- the spec: the per-layer chain --------------------------------------------------------------

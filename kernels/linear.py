@@ -84,6 +84,7 @@ from ._common import (
     GEMM_ALIGN_BYTES,
     MIN_GEMM_ROWS,
     cdiv,
+    check_out_layout,
     check_tensor,
     gemm_precision_cast,
     load_triton_module,
@@ -550,13 +551,7 @@ def check_out_view(out, d, dev: torch.device) -> Tuple[int, int]:
                          "channels as (frames, rows, columns, channels)")
     if d.E and (F, h, w) != (d.F, d.TH, d.TW):
         raise ValueError(f"out has {F} frames of {h}x{w}; the embedding tile is {d.F} of {d.TH}x{d.TW}")
-    if d.N > 1 and out.stride(-1) != 1:
-        raise ValueError(f"out must have unit stride across channels, got strides {tuple(out.stride())}")
-    if any(st < 0 or (st == 0 and n > 1) for st, n in zip(out.stride(), out.shape)) or (
-            torch._debug_has_internal_overlap(out) == 1):
-        raise ValueError(f"out must not overlap itself, got strides {tuple(out.stride())}")
-    if out.requires_grad:
-        raise ValueError("out= does not take a tensor that requires grad")
+    check_out_layout(out, "channels")
     return h, w
 
 
