@@ -210,13 +210,14 @@ class Renderer:
             raise ValueError(f"a {rows}x{cols} grid (rows x columns) cannot hold {self.num_videos} videos")
         # Every chunk of a grid needs every cell's weights, so they are all kept: they must fit
         # in the memory budget beside the plan's tiles and chunk (checked before anything runs).
-        need = self.num_videos * self.video_weight_bytes()
+        per_video = self.video_weight_bytes()
+        need = self.num_videos * per_video
         room = self.request.memory_budget - self.plan.tile_bytes - self.plan.chunk_bytes * rows * cols
         if need > room:
             raise ValueError(
                 f"a grid of {self.num_videos} videos keeps every video's weights ({_mib(need)}), more than the "
                 f"memory budget leaves beside the tiles ({_mib(max(room, 0))} of {_mib(self.request.memory_budget)}):"
-                f" put fewer seeds in one grid (at most {max(0, room) // self.video_weight_bytes()}) or raise "
+                f" put fewer seeds in one grid (at most {max(0, room) // per_video}) or raise "
                 "--memory-budget")
         return rows, cols
 
