@@ -11,10 +11,11 @@ Model (bf16 activations, digan-128 architecture; 1024² is the same network at V
     per-frame folded weights (C x 2E); the per-video weights (read once, then L2) are left out.
     Split conv0's parent part is stored in the compute dtype (bf16), as the engine does.
   - Per-layer design: one kernel per GEMM (engine/executor.render_tile with the fused ops off).
-    Fused design, what the engine runs on the Triton backend in bf16: the final level (conv0 ->
-    convs -> ToRGB + skip -> uint8) in one kernel (kernels/level.py), reading only conv0's
-    parent part and the parent image; every other ToRGB folded into the epilogue of the layer
-    before it (kernels/linear_rgb.py), so its activation is not re-read.
+    Fused design, what the engine runs on the Triton backend in bf16 on sm_90: every level with a
+    split conv0 (conv0 -> convs -> ToRGB + skip; uint8 at the top) in one kernel
+    (kernels/level.py), reading only conv0's parent part and the parent image, and below the top
+    writing its last activation once for the next level; every other ToRGB folded into the
+    epilogue of the layer before it (kernels/linear_rgb.py), so its activation is not re-read.
   - Roofline time of a kernel: max(FLOPs / 790 TFLOP/s, bytes / 4.8 TB/s) (the H200's measured
     bf16 matmul rate and its HBM bandwidth), summed over the kernels; MFU = FLOPs / 790 T / time.
     Real kernels reach a fraction of it (MMA efficiency, tails, launch gaps are not modelled).
@@ -103,12 +104,14 @@ def kernel_costs(cfg: GeneratorConfig, view: View = View(), fused: bool = False,
         torgb = ("torgb", 2 * p * C * R, p * C * a + img_in + img_out)
         if not fused:
             layers.append(torgb)
-        elif res == last and C <= FUSED_MAX_CHANNELS and cfg.has_embedding(res) and res != 4:
-            # The level kernel (the final level only: it keeps no activation for a next level):
-            # everything after conv0's parent part on chip; it reads the tables, the folded
-            # weights, the parent part and the parent image, and writes the image.
+        elif C <= FUSED_MAX_CHANNELS and cfg.has_embedding(res) and res != 4:
+            # The level kernel (every split level, sm_90 bf16): everything after conv0's parent
+            # part on chip; it reads the tables, the folded weights, the parent part and the
+            # parent image, and writes the image; a level below the top also writes its last
+            # activation once (act_out: the next level's parent part reads it).
             inner = layers[1:] + [torgb]
-            level_bytes = layers[1][2] - p * C * a + img_in + img_out
+            act_out = p * C * a if res != last else 0
+            level_bytes = layers[1][2] - p * C * a + img_in + img_out + act_out
             layers = layers[:1] + [("level", sum(f for _, f, _ in inner), level_bytes)]
         else:
             # ToRGB in the last conv's epilogue: its activation is not re-read (linear_rgb.py).
@@ -138,8 +141,9 @@ def markdown(cfg: GeneratorConfig, scenarios: Sequence[Scenario] = SCENARIOS) ->
     out = ["**ESTIMATE, not a measurement** (`python bench/estimate.py --write`; model in its docstring): "
            "digan-128 architecture, bf16 activations, H200 roofline at 790 TFLOP/s bf16 and 4.8 TB/s. "
            "FLOPs and bytes are per frame; times are for the whole scenario. Fused: what the engine "
-           "runs in bf16 on the Triton backend (the final level in one kernel, kernels/level.py; every "
-           "other ToRGB folded into the layer before it, kernels/linear_rgb.py)."]
+           "runs in bf16 on the Triton backend on sm_90 (each level with a split conv0, b64 and b128, "
+           "in one kernel after its parent part, kernels/level.py; every other ToRGB folded into the "
+           "layer before it, kernels/linear_rgb.py)."]
     for sc in scenarios:
         rows = level_table(cfg, sc)
         out += ["", f"_{sc.name} ({sc.total_frames} frames, View(scale={sc.scale}))_", "",

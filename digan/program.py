@@ -21,7 +21,7 @@ itself (`run_chain`) of the renderer (engine/executor.py) and of digan/fast_synt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from .view import Rect, level_coords, num_levels
 
 __all__ = ["KINDS", "Layer", "Program", "LayerWeights", "generator_program", "layer_module",
            "layer_fuser", "modulate_layers", "split_weight", "layer_weights", "level_index", "level_xy",
-           "linear_calls", "final_level_group", "run_chain"]
+           "linear_calls", "level_groups", "run_chain"]
 
 KINDS = ("emb", "split", "conv", "torgb")
 
@@ -199,23 +199,27 @@ def linear_calls(prog: Program) -> int:
     return sum(layer.calls for layer in prog.layers)
 
 
-def final_level_group(layers: Sequence[Layer]) -> Optional[int]:
-    """Where the final level's chain starts when it is one fusable group (split conv0, convs,
-    one ToRGB, nothing else): the index of its split layer; else None."""
-    for i in range(len(layers) - 1, -1, -1):
-        if layers[i].kind == "split":
-            rest = [layer.kind for layer in layers[i + 1:]]
-            if rest and rest[-1] == "torgb" and all(k == "conv" for k in rest[:-1]):
-                return i
-            return None
-    return None
+def level_groups(layers: Sequence[Layer]) -> Dict[int, int]:
+    """The blocks that run as one fused level (kernels.fmm_level): those whose layers are a split
+    conv0, convs and one ToRGB, nothing else. -> {index of the split layer: index of its ToRGB}."""
+    out = {}
+    for i, layer in enumerate(layers):
+        if layer.kind != "split":
+            continue
+        j = i + 1
+        while j < len(layers) and layers[j].block == layer.block and layers[j].kind == "conv":
+            j += 1
+        if j < len(layers) and layers[j].block == layer.block and layers[j].kind == "torgb" and (
+                j + 1 == len(layers) or layers[j + 1].block != layer.block):
+            out[i] = j
+    return out
 
 
 def run_chain(weights: Sequence[LayerWeights], linear: Callable, index: Sequence[Optional[torch.Tensor]],
               emb: Mapping[int, Mapping[str, Any]], act_kw: Optional[Dict[str, Any]] = None,
               feat_kw: Optional[Dict[str, Any]] = None, rgb_kw: Optional[Dict[str, Any]] = None,
               last_rgb_kw: Optional[Dict[str, Any]] = None, level: Optional[Callable] = None,
-              linear_rgb: Optional[Callable] = None) -> torch.Tensor:
+              linear_rgb: Optional[Callable] = None, level_at: Optional[Collection[int]] = None) -> torch.Tensor:
     """The layer chain over the rows of one tile (rows (f, i, j) row-major, channels last).
 
     weights: one LayerWeights per program layer, in program order. linear(W, x, **kw): the fused
@@ -224,9 +228,11 @@ def run_chain(weights: Sequence[LayerWeights], linear: Callable, index: Sequence
     (emb_A, emb_b, xs, ys) of layer i. Extra keywords: act_kw for the activated convs' outputs,
     feat_kw for split conv0's features part, rgb_kw for ToRGB (last_rgb_kw for the last one).
     Optional fused ops (the same results, fewer passes over the activations):
-    level(group, emb=, pre_add=, pre_index=, img=, img_index=, **last_rgb_kw): one op for the final
-    level from conv0's embedding call on (kernels.fmm_level), when the final level is one group
-    (final_level_group); its split conv0's parent part stays a linear call.
+    level(group, emb=, pre_add=, pre_index=, img=, img_index=, act_out=, **ToRGB keywords): one op
+    for a level from conv0's embedding call on (kernels.fmm_level), for the level groups
+    (level_groups) whose split layer's index is in level_at (default: all of them); its split
+    conv0's parent part stays a linear call. Below the top level it is called with act_out=True
+    and returns (image, its last activation), which the next level reads.
     linear_rgb(W, x, layer keywords, ToRGB LayerWeights, img, img_index, ToRGB keywords) -> (x, img):
     a layer and the ToRGB that follows it in one op (kernels.fmm_linear_torgb).
     -> the image rows (M, img_channels) of the final level."""
@@ -234,15 +240,26 @@ def run_chain(weights: Sequence[LayerWeights], linear: Callable, index: Sequence
     last_rgb_kw = rgb_kw if last_rgb_kw is None else last_rgb_kw
     x = img = None
     last = len(weights) - 1
-    fuse_at = final_level_group([lw.layer for lw in weights]) if level is not None else None
+    groups = level_groups([lw.layer for lw in weights]) if level is not None else {}
+    if level_at is not None:
+        groups = {i: j for i, j in groups.items() if i in level_at}
     folded = -1                                                           # a ToRGB already computed
+    done = -1                                                             # the last layer a level op ran
     for i, lw in enumerate(weights):
         layer = lw.layer
+        if i <= done:
+            continue
         idx = index[layer.level] if layer.up else None
-        if i == fuse_at:
+        if i in groups:
+            j = groups[i]
             y = linear(lw.W, x, **feat_kw)                                # parent rows
-            return level(weights[i:], emb=emb[i], pre_add=y, pre_index=idx, img=img,
-                         img_index=idx if img is not None else None, **last_rgb_kw)
+            common = dict(emb=emb[i], pre_add=y, pre_index=idx, img=img, img_index=idx if img is not None else None)
+            if j == last:
+                return level(weights[i:], act_out=False, **common, **last_rgb_kw)
+            img, x = level(weights[i:j + 1], act_out=True, **common, **rgb_kw)
+            y = common = None
+            done = j
+            continue
         if layer.kind == "torgb":
             if i != folded:
                 img = linear(lw.W, x, bias=lw.bias, clamp=lw.clamp, post_add=img,

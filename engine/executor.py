@@ -35,10 +35,10 @@ from digan.networks import Generator
 from digan.program import (
     LayerWeights,
     Program,
-    final_level_group,
     generator_program,
     layer_fuser,
     layer_weights,
+    level_groups,
     level_index,
     level_xy,
     modulate_layers,
@@ -72,8 +72,8 @@ class BlockWeights:
     layers: List[LayerWeights]
     A: Optional[torch.Tensor] = None  # (E, 2) fp32 embedding frequencies
     b: Optional["FrameBias"] = None   # b[f0:f1] -> (f1 - f0, E) fp32 embedding bias per frame
-    # The final block when its level runs as one fused kernel (kernels.fmm_level): the weights of
-    # its convs after conv0 stacked (L, C, C) and their biases (L, C); the layers' W are views.
+    # A block whose level runs as one fused kernel (kernels.fmm_level; fused_levels): the weights
+    # of its convs after conv0 stacked (L, C, C) and their biases (L, C); the layers' W are views.
     conv_W: Optional[torch.Tensor] = None
     conv_b: Optional[torch.Tensor] = None
 
@@ -212,46 +212,50 @@ def prepare_video(G: Generator, ws: torch.Tensor, z_motion: torch.Tensor, Ts: Un
             fuser, w = layer_fuser(syn, layer), ws[None, layer.w]                 # w (1, w_dim)
             A, _ = fuser.params(w, z_motion[None], grid.slice(0, 1, device=ws.device)[None])
             bw.A, bw.b = A[0].contiguous(), FrameBias(fuser, w, z_motion[None], grid)
-    if fuse_final_level(prog, precision, backend, ws.device):
-        _stack_final_convs(out[-1])
+    for block in fused_levels(prog, precision, backend, ws.device):
+        _stack_convs(out[block])
     return out
 
 
-def fuse_final_level(prog: Program, precision: str, backend: str, device: torch.device) -> bool:
-    """Whether the final level runs as one kernel (kernels.fmm_level): on the Triton backend, when
-    the level is one group (split conv0, convs, ToRGB) whose width, precision and conv count the
-    fused kernel compiles for without spilling on this device's arch
+def fused_levels(prog: Program, precision: str, backend: str, device: torch.device) -> List[int]:
+    """The blocks whose level runs as one kernel (kernels.fmm_level): on the Triton backend, the
+    level groups (split conv0, convs, ToRGB; digan.program.level_groups) whose width, precision
+    and conv count the fused kernel compiles for without spilling on this device's arch
     (kernels.level.fused_level_spill_free, from python -m kernels.compile_level)."""
     if backend != "triton" or not _FUSE_LEVELS:
-        return False
+        return []
     from kernels.level import _target_arch, fused_level_spill_free
-    i = final_level_group(prog.layers)
-    if i is None:
-        return False
-    split = prog.layers[i]
-    return fused_level_spill_free(split.c_out, precision, _target_arch(torch.device(device)), len(prog.layers) - i - 2)
+    arch = _target_arch(torch.device(device))
+    top = len(prog.layers) - 1
+    return [prog.layers[i].block for i, j in level_groups(prog.layers).items()
+            if fused_level_spill_free(prog.layers[i].c_out, precision, arch, j - i - 1, act_out=j != top)]
 
 
-def _stack_final_convs(bw: BlockWeights) -> None:
-    """The final block's convs after conv0 as one (L, C, C) stack (the layers keep views of it),
+def _stack_convs(bw: BlockWeights) -> None:
+    """A fused block's convs after conv0 as one (L, C, C) stack (the layers keep views of it),
     when they share conv0's clamp (the fused kernel takes one clamp for the level's convs)."""
     convs = [lw for lw in bw.layers if lw.layer.kind == "conv"]
-    if not convs or any(lw.clamp != bw.layers[0].clamp for lw in convs):
+    if any(lw.clamp != bw.layers[0].clamp for lw in convs):
         return
-    bw.conv_W = torch.stack([lw.W for lw in convs])                     # (L, C, C)
-    bw.conv_b = torch.stack([lw.bias for lw in convs])                  # (L, C)
+    C = bw.layers[0].layer.c_out
+    W = bw.layers[0].W_e
+    bw.conv_W = torch.stack([lw.W for lw in convs]) if convs else W.new_empty((0, C, C))   # (L, C, C)
+    bw.conv_b = torch.stack([lw.bias for lw in convs]) if convs else bw.layers[0].bias.new_empty((0, C))
     for n, lw in enumerate(convs):
         lw.W, lw.bias = bw.conv_W[n], bw.conv_b[n]
 
 
-def _fused_level(bw: BlockWeights, precision: str, backend: str, group, *, emb, pre_add, pre_index, img,
-                 img_index, out_dtype=None, out_uint8: bool = False, out: Optional[torch.Tensor] = None):
-    """run_chain's `level` op: the final level in one kernel (kernels.fmm_level)."""
+def _fused_level(blocks: List[BlockWeights], precision: str, backend: str, group, *, emb, pre_add, pre_index,
+                 img, img_index, act_out: bool, out_dtype=None, out_uint8: bool = False,
+                 out: Optional[torch.Tensor] = None):
+    """run_chain's `level` op: a level in one kernel (kernels.fmm_level); -> the image, or (image,
+    its last activation) with act_out (a level below the top)."""
     from kernels.level import fmm_level
     split, rgb = group[0], group[-1]
+    bw = blocks[split.layer.block]
     return fmm_level(split.W_e, split.bias, bw.conv_W, bw.conv_b, rgb.W, rgb.bias, **emb, pre_add=pre_add,
                      pre_index=pre_index, img=img, img_index=img_index, clamp=split.clamp, rgb_clamp=rgb.clamp,
-                     out_uint8=out_uint8, precision=precision, backend=backend, out=out)
+                     out_uint8=out_uint8, precision=precision, backend=backend, out=out, act_out=act_out)
 
 
 def _fold_rgb(precision: str, backend: str, W, x, layer_kw: dict, rgb: LayerWeights, img, img_index,
@@ -300,13 +304,15 @@ def render_tile(G: Generator, blocks: List[BlockWeights], tile: Tile, scale: int
     last = dict(out_dtype=None, out_uint8=True) if to_u8 else dict(out_dtype=torch.float32)
     if into is not None:
         last["out"] = into
-    # prepare_video stacked the final convs exactly when fuse_final_level chose the fused level
-    # for this precision, backend and device: decided once per video, not per tile.
-    level = (functools.partial(_fused_level, blocks[-1], precision, backend)
-             if blocks[-1].conv_W is not None and backend == "triton" else None)
+    # prepare_video stacked a block's convs exactly when fused_levels chose the fused level for
+    # this precision, backend and device: decided once per video, not per tile.
+    level_at = {n for n, lw in enumerate(weights)
+                if lw.layer.kind == "split" and blocks[lw.layer.block].conv_W is not None}
+    level = (functools.partial(_fused_level, blocks, precision, backend)
+             if level_at and backend == "triton" else None)
     img = run_chain(weights, functools.partial(fmm_linear, precision=precision, backend=backend), index, emb,
                     act_kw=dict(out_dtype=dtype), feat_kw=dict(out_dtype=dtype),
-                    rgb_kw=dict(out_dtype=torch.float32), last_rgb_kw=last, level=level,
+                    rgb_kw=dict(out_dtype=torch.float32), last_rgb_kw=last, level=level, level_at=level_at,
                     linear_rgb=functools.partial(_fold_rgb, precision, backend)
                     if backend == "triton" and _FOLD_RGB and fold_supported(precision) else None)
     if into is not None:

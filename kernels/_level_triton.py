@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreter_enabled
+from ._linear_triton import _column, _store_rows
 from ._triton_common import (
     _block,
     _colour_uint8,
@@ -71,6 +72,13 @@ def _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_k, C: tl.constexpr, DOT_PREC
     return _mma_t(w, yT, rgb, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
 
 
+@triton.jit
+def _store_act(act_ptr, yT, offs_m, mask_m, offs_n, mask_n, C: tl.constexpr):
+    """Chunk yT (BLOCK_C channels, BLOCK_M rows) of the last activation into its (M, C) rows: the
+    values the per-layer conv stores (already rounded to the compute dtype)."""
+    tl.store(act_ptr + offs_m[None, :] * C + offs_n[:, None], yT, mask=mask_n[:, None] & mask_m[None, :])
+
+
 @triton.jit(do_not_specialize=["TH", "TW", "stride_of", "stride_oi", "stride_oj"],
             do_not_specialize_on_alignment=["out_ptr"])
 def _fmm_level_kernel(
@@ -87,6 +95,7 @@ def _fmm_level_kernel(
     post_ptr,          # (MQ, R) parent image (skip), row stride stride_post
     post_index_ptr,    # (M,) int64: row of post read by row m (HAS_POST_INDEX)
     out_ptr,           # (F, TH, TW, R) image fp32 or uint8, strides (stride_of, stride_oi, stride_oj, 1)
+    act_ptr,           # (M, C) the last conv's activation in the compute dtype, contiguous (HAS_ACT_OUT)
     TH,                # int: tile rows (not specialised: every crop size shares one variant)
     TW,                # int: tile columns (idem)
     stride_pre,        # int
@@ -109,6 +118,8 @@ def _fmm_level_kernel(
     HAS_CLAMP: tl.constexpr,       # clamp the convs' activations
     HAS_RGB_CLAMP: tl.constexpr,   # clamp the ToRGB output (before the skip)
     OUT_UINT8: tl.constexpr,       # store rint((y + 1) * 127.5) clamped to [0, 255] as uint8
+    HAS_ACT_OUT: tl.constexpr,     # also store the last conv's activation (a level below the top:
+                                   # the next level's split conv0 reads it)
     DOT_PRECISION: tl.constexpr,   # tl.dot input_precision of fp32 operands (kernels._common)
     BF16_OPERANDS: tl.constexpr,   # precision 'bf16': operands and activations bf16
     INTERPRETER: tl.constexpr,     # running in TRITON_INTERPRET (numpy) mode
@@ -171,6 +182,8 @@ def _fmm_level_kernel(
         b = tl.load(b0_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         yT = tl.trans(_as_activation(_act(acc, b, gain, clamp, HAS_CLAMP), BF16_OPERANDS, INTERPRETER))
         if L == 0:
+            if HAS_ACT_OUT:
+                _store_act(act_ptr, yT, offs_m, mask_m, offs_n, mask_n, C)
             rgb = _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_n, C, DOT_PRECISION, BF16_OPERANDS,
                             INTERPRETER)
         else:
@@ -179,7 +192,8 @@ def _fmm_level_kernel(
     # 3. The following convs, per tile of output channels: acc^T += W[tile, k-chunk] @ h^T[k] for
     #    k = 0, 1, ... (the per-layer kernel's K steps in its order), epilogue, chunk t of the new
     #    activation; the last conv's chunks go straight into the ToRGB's K steps (the same chunks
-    #    in the same order as the per-layer ToRGB), so the last activation is never kept.
+    #    in the same order as the per-layer ToRGB), so the last activation is never kept (only
+    #    stored, chunk by chunk, for a level below the top: HAS_ACT_OUT).
     for layer in tl.static_range(L):
         h_new = ()
         for t in tl.static_range(NT):
@@ -195,6 +209,8 @@ def _fmm_level_kernel(
             b = tl.load(bc_ptr + layer * C + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
             yT = _as_activation(_act(acc, b, gain, clamp, HAS_CLAMP), BF16_OPERANDS, INTERPRETER)
             if layer == L - 1:
+                if HAS_ACT_OUT:
+                    _store_act(act_ptr, yT, offs_m, mask_m, offs_n, mask_n, C)
                 rgb = _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_n, C, DOT_PRECISION, BF16_OPERANDS,
                                 INTERPRETER)
             else:
@@ -220,3 +236,98 @@ def _fmm_level_kernel(
         tl.store(out, _colour_uint8(y), mask=mask)
     else:
         tl.store(out, y, mask=mask)
+
+
+@triton.jit(do_not_specialize=["TH", "TW", "row_tiles", "stride_of", "stride_oi", "stride_oj"],
+            do_not_specialize_on_alignment=["out_ptr"])
+def _fmm_level_scratch_kernel(
+    wf_ptr, tx_ptr, ty_ptr, pre_ptr, pre_index_ptr, b0_ptr, wc_ptr, bc_ptr, wr_ptr, br_ptr, post_ptr,
+    post_index_ptr, out_ptr, act_ptr,   # as _fmm_level_kernel's
+    scratch_ptr,       # (programs, 2, BLOCK_M, CP) compute dtype: each program's two activation buffers
+    TH, TW,            # int: tile rows, columns (not specialised)
+    row_tiles,         # int: F * cdiv(TH * TW, BLOCK_M) row blocks, walked by the programs in turn
+    stride_pre, stride_post, stride_of, stride_oi, stride_oj, gain, clamp, rgb_clamp,
+    C: tl.constexpr, CP: tl.constexpr, E: tl.constexpr, L: tl.constexpr, R: tl.constexpr,
+    HAS_PRE: tl.constexpr, HAS_PRE_INDEX: tl.constexpr, HAS_POST: tl.constexpr, HAS_POST_INDEX: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, HAS_RGB_CLAMP: tl.constexpr, OUT_UINT8: tl.constexpr, HAS_ACT_OUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr, INTERPRETER: tl.constexpr,
+    BLOCK_M: tl.constexpr,         # rows per block (of one frame)
+    BLOCK_N: tl.constexpr,         # output column tile of conv0 and the convs (the per-layer kernel's)
+    BLOCK_C: tl.constexpr,         # K step of the convs and the ToRGB (the per-layer kernel's)
+    BLOCK_E: tl.constexpr,         # K step of the embedding GEMM (the per-layer kernel's)
+    BLOCK_R: tl.constexpr,         # padded image channels
+):
+    """The level where the activations do not fit in registers (fp32, tf32; see level.py): each
+    program owns a pair of activation buffers of BLOCK_M x C (64 KB fp32 at C = 256), small
+    enough to stay in L2, and walks row blocks p = pid, pid + programs, ... . For a block, every
+    layer is the per-layer kernel's own tile code (_linear_triton._column: the same K steps, the
+    same epilogue, the same store rounding) reading the previous layer's output from one buffer
+    and writing the other, the programs' threads synchronised between layers. So the bits are
+    the per-layer chain's, the activations never go to HBM unless evicted, and the registers are
+    the per-layer kernel's (a tile at a time), not a whole activation's. The last activation goes
+    into act_ptr when HAS_ACT_OUT (the next level reads it), and the ToRGB reads it from there."""
+    pid = tl.program_id(0).to(tl.int64)
+    nprog = tl.num_programs(0)
+    hw = TH * TW
+    tiles_per_frame = tl.cdiv(hw, BLOCK_M)
+    ROUND: tl.constexpr = BF16_OPERANDS and INTERPRETER    # interpreter casts truncate: round explicitly
+    bufs = scratch_ptr + pid * (2 * BLOCK_M * CP)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < R
+    for p in range(pid, row_tiles, nprog):
+        f, tile = _divmod(p, tiles_per_frame)
+        r, mask_m = _block(tile, BLOCK_M, hw)                               # pixel in the frame
+        offs_m = f * hw + r                                                 # (BLOCK_M,) int64
+        i, j = _divmod(r, TW)
+        i = tl.where(mask_m, i, 0)
+        j = tl.where(mask_m, j, 0)
+        # Buffer row m - first of this block's rows: the buffers are addressed with the block's
+        # global row numbers, shifted (the tile code indexes its input and output by offs_m).
+        shift = -(f * hw + tile * BLOCK_M) * CP
+        # Layer l (0: conv0, 1..L: the convs) writes buffer l % 2, or act_ptr for the last layer of
+        # a level whose activation is read on. conv0: the embedding, + pre[pre_index], bias, act.
+        if L == 0 and HAS_ACT_OUT:
+            dst = act_ptr
+            dst_stride = C
+        else:
+            dst = bufs + shift
+            dst_stride = CP
+        for n0 in range(0, C, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            _column(tx_ptr, tx_ptr, tx_ptr, wf_ptr, tx_ptr, ty_ptr, pre_ptr, pre_index_ptr, b0_ptr, tx_ptr,
+                    tx_ptr, dst, offs_m, mask_m, f, i, j, offs_n, offs_n < C, C, 0, E, 0, 0, stride_pre, 0,
+                    dst_stride, gain, clamp, False, False, True, HAS_PRE, HAS_PRE_INDEX, True, True, HAS_CLAMP,
+                    False, False, DOT_PRECISION, BF16_OPERANDS, INTERPRETER, ROUND, BLOCK_M, BLOCK_N, BLOCK_E)
+        tl.debug_barrier()                     # the block's conv0 output complete before it is read
+        for layer in tl.static_range(1, L + 1):
+            src = bufs + ((layer - 1) % 2) * (BLOCK_M * CP) + shift
+            if layer == L and HAS_ACT_OUT:
+                dst = act_ptr
+                dst_stride = C
+            else:
+                dst = bufs + (layer % 2) * (BLOCK_M * CP) + shift
+                dst_stride = CP
+            for n0 in range(0, C, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                _column(src, src, wc_ptr + (layer - 1) * C * C, tx_ptr, tx_ptr, ty_ptr, tx_ptr, tx_ptr,
+                        bc_ptr + (layer - 1) * C, tx_ptr, tx_ptr, dst, offs_m, mask_m, f, i, j, offs_n, offs_n < C,
+                        C, C, 0, CP, C, 0, 0, dst_stride, gain, clamp, True, False, False, False, False, True,
+                        True, HAS_CLAMP, False, False, DOT_PRECISION, BF16_OPERANDS, INTERPRETER, ROUND, BLOCK_M,
+                        BLOCK_N, BLOCK_C)
+            tl.debug_barrier()
+        # The ToRGB on the last activation: + bias, clamp, + the parent image by index, stored
+        # into the (F, TH, TW, R) view.
+        if HAS_ACT_OUT:
+            last = act_ptr
+            last_stride = C
+        else:
+            last = bufs + (L % 2) * (BLOCK_M * CP) + shift
+            last_stride = CP
+        y = _column(last, last, wr_ptr, tx_ptr, tx_ptr, ty_ptr, tx_ptr, tx_ptr, br_ptr, post_ptr, post_index_ptr,
+                    tx_ptr, offs_m, mask_m, f, i, j, offs_r, mask_r, R, C, 0, last_stride, C, 0, stride_post, 0,
+                    gain, rgb_clamp, True, False, False, False, False, True, False, HAS_RGB_CLAMP, HAS_POST,
+                    HAS_POST_INDEX, DOT_PRECISION, BF16_OPERANDS, INTERPRETER, False, BLOCK_M, BLOCK_R, BLOCK_C,
+                    STORE=False)
+        _store_rows(out_ptr, out_ptr, y, offs_m, offs_r, mask_m[:, None] & mask_r[None, :], 0, TH, TW, stride_of,
+                    stride_oi, stride_oj, OUT_UINT8, True, False)
+        tl.debug_barrier()                     # this block's reads done before the next block writes

@@ -10,8 +10,10 @@ CPU tensors with the shapes of the levels it is meant for (LEVELS): the top leve
 the split conv0; b4, the first level: conv1 on the embedding only, no parent part or image), and
 the two top levels of the same recipe at 256² (C = 256 with fp32 out, C = 128 with uint8 out).
 Each is launched at two tiles (TILES: the whole 128² frame and a 37 x 53 crop at an odd place),
-storing through out= into a frame-buffer view; both must compile to one variant (TH, TW and the
-output's strides and pointer are not specialised), else the record fails. Values never matter (nothing is launched).
+storing through out= into a frame-buffer view (the levels below the top return their image rows
+and store their last activation, act_out); both must compile to one variant (TH, TW and the
+output's strides and pointer are not specialised), else the record fails. Values never matter
+(nothing is launched).
 Exit 1 when a variant does not compile, spills, needs more shared memory than the arch has, is a
 bf16 GEMM without wgmma on sm_90, or when a crop compiled its own variant.
 """
@@ -30,7 +32,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from .compile_check import ARCHS, SMEM_LIMIT, Record, Scenario, _Capture, analyse, failures_of, stand_in_gpu
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp32-ieee")
 RESULTS_BEGIN, RESULTS_END = "<!-- level-kernel:begin -->", "<!-- level-kernel:end -->"
 
 
@@ -44,15 +46,17 @@ class LevelShape:
 
 
     parent: bool = True  # conv0 has a parent part and the skip a parent image (not the first level)
+    act_out: bool = False  # a level below the top: it also stores its last activation (the next
+                           # level's split conv0 reads it), and its image as rows, not into frames
 
 
 # digan-128 (digan/program.py): b4 (conv1 on the embedding only, no parent: L = 0), b64 (split
 # conv0 + conv1, 512 wide), b128 (the top: conv0, conv1, one extra conv, uint8); the same recipe
 # at 256^2: b128 (256 wide, fp32 out) and b256 (128 wide, uint8).
 LEVELS = (LevelShape("digan-128 b128", 256, 128, 2, True),
-          LevelShape("digan-256 b128", 256, 128, 2, False),
+          LevelShape("digan-256 b128", 256, 128, 2, False, act_out=True),
           LevelShape("digan-256 b256", 128, 128, 2, True),
-          LevelShape("digan-128 b64", 512, 128, 1, False),
+          LevelShape("digan-128 b64", 512, 128, 1, False, act_out=True),
           LevelShape("digan-128 b4", 512, 128, 0, False, parent=False))
 # The tiles each level is launched with: the whole 128 x 128 frame, and a crop of another size at
 # an odd place of the frame buffer (TH, TW, the output strides and pointer are do_not_specialize:
@@ -79,8 +83,8 @@ def _launch(shape: LevelShape, precision: str, tile=TILES[0]) -> None:
     frames = z(F, 128, 128, 3, dtype=torch.uint8 if shape.uint8 else torch.float32)
     fmm_level_triton(z(C, 2 * E, dtype=dt), z(C), z(L, C, C, dtype=dt), z(L, C), z(3, C, dtype=dt), z(3),
                      emb_A=z(E, 2), emb_b=z(F, E), xs=z(tw), ys=z(th), clamp=256.0, rgb_clamp=256.0,
-                     out_uint8=shape.uint8, precision=precision,
-                     out=frames[:, i0:i0 + th, j0:j0 + tw], **parent)
+                     out_uint8=shape.uint8, precision=precision, **parent,
+                     **(dict(act_out=True) if shape.act_out else dict(out=frames[:, i0:i0 + th, j0:j0 + tw])))
 
 
 def check(archs: Sequence[int] = ARCHS, precisions: Sequence[str] = PRECISIONS,
@@ -151,7 +155,8 @@ def markdown(records: Sequence[Record]) -> str:
         c = r.constexprs
         names = sorted({s.rsplit(" ", 2)[0] for s in r.scenarios})
         rows.append(f"| {', '.join(names)} | sm_{r.arch} | {r.precision} | "
-                    f"{c.get('C')} | {c.get('L')} | {'uint8' if c.get('OUT_UINT8') else 'fp32'} | "
+                    f"{c.get('C')} | {c.get('L')} | {'uint8' if c.get('OUT_UINT8') else 'fp32'}"
+                    f"{' + act' if c.get('HAS_ACT_OUT') else ''} | "
                     f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_C')} | {r.num_warps} | {r.regs} | "
                     f"{r.spill_bytes} | "
                     f"{r.smem_bytes} | {r.mma} | {r.transcendentals_in_loop} | "
@@ -164,15 +169,17 @@ def write_results_md(path: Path, records: Sequence[Record], seconds: float, erro
 
     from bench.results_md import replace_block
     head = (f"_python3 -m kernels.compile_level: triton {triton.__version__}, {len(records)} variants of "
-            f"`_fmm_level_kernel` compiled without a GPU, {sum(bool(r.failures) for r in records) + errors} "
-            f"failed, "
+            "the fused level kernels (`_fmm_level_kernel`, `_fmm_level_scratch_kernel`) compiled without a GPU, "
+            f"{sum(bool(r.failures) for r in records) + errors} failed, "
             f"{seconds:.0f} s on this machine_")
     section = ("## Fused level kernel (compiled for sm_90, sm_80; no GPU needed)\n\n"
                "conv0 (embedding + parent part by index) -> conv1 -> extra conv -> ToRGB + skip in one "
-               "kernel, activations in registers (kernels/level.py).\n\n")
+               "kernel (kernels/level.py): the convs transposed, each activation chunk the dot's B operand "
+               "(shared memory under wgmma). A level below the top (out `+ act`) also stores its last "
+               "activation for the next level's split conv0.\n\n")
     note = (f"Each variant is met by all {len(TILES)} tiles of its level ("
             f"{', '.join(f'{t[0]} x {t[1]} at ({t[2]}, {t[3]})' for t in TILES)} of a 2 x 128 x 128 frame buffer, "
-            "stored through out= views): no crop compiles its own variant.")
+            "the top levels stored through out= views): no crop compiles its own variant.")
     replace_block(path, RESULTS_BEGIN, RESULTS_END, f"{head}\n\n{markdown(records)}\n\n{note}", section)
 
 

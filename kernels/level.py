@@ -29,29 +29,45 @@ show it with the fixed-order dot, tests/test_kernels_level.py); only the HBM tra
 row it reads the tables, conv0's parent part (C values) and the parent image (R values), and
 writes R values (straight into the frame buffer with out=), instead of writing and re-reading
 the C-wide activation L + 1 times. The last conv's chunks feed the ToRGB's K steps as they are
-made, so the last activation is never kept.
+made, so the last activation is never kept; a level below the top (b64 of digan-128) stores it
+once as well (act_out=True: the next level's split conv0 reads it, one (M, C) write instead of
+conv0's and the ToRGB's passes), with the bits the per-layer conv stores.
 
 Tile sizes come from (C, E, L, precision, arch) only, never from M: a row's bits do not depend on
 the tile. Compile report (python -m kernels.compile_level, E = 128, no GPU; bench/RESULTS.md):
 bf16, sm_90, wgmma: C = 128 / 256 at 64 rows x 8 warps: 137 / 194 registers, 32 / 64 KB shared,
 no spill (the activations in registers, before the transposed form: 255 registers and 152 B
-spilled at 256); C = 512 at 16 x 4: 174 registers (L = 1, b64), 191 (L = 2), no spill (64 x 8
-spilled 904 B at L = 2, 64 x 4 612, 32 x 4 48); b4 (C = 512, L = 0: no activation kept) at 64 x
-8: 180 registers. bf16, sm_80 (mma.sync keeps operands in registers): C = 128 at 64 x 8: 182
+spilled at 256); C = 512 at 16 x 4: 174 registers (L = 1, b64; 176 storing its activation,
+act_out), 191 (L = 2), no spill (64 x 8 spilled 904 B at L = 2, 64 x 4 612, 32 x 4 48); b4
+(C = 512, L = 0: no activation kept) at 64 x 8: 180 registers; C = 256, L = 2 with act_out
+(digan-256's b128): 197. bf16, sm_80 (mma.sync keeps operands in registers): C = 128 at 64 x 8: 182
 registers, no spill; C = 256 at 16 x 2: 255, no spill (64 x 8: 76 B, 32 x 8: 48, 32 x 4: 80, 16 x
-4: 88); C = 512 spills with a conv after conv0 (16 x 4: 244 B at L = 1, 180 at L = 2; 16 x 2:
-1004) but not at b4 (L = 0, 16 x 4: 186 registers). fp32 (3xTF32) and tf32
-(32-wide chunks: 32-channel conv tiles, below wgmma's 64 rows, so mma.sync) at 32 x 4 spill:
-C = 256 fp32 616 / 756 B (sm_90 / sm_80), tf32 224 / 76 B; C = 128 fp32 144 / 24 B, tf32 no spill
-(150 registers) but mma.sync on sm_90. fmm_level's 'auto' runs the per-layer chain for them and
-wherever else the kernel spills (fused_level_spill_free).
+4: 88; 60 B with act_out); C = 512 spills with a conv after conv0 (16 x 4: 244 B at L = 1, 180 at L = 2; 16 x 2:
+1004; b64 with act_out 16 x 4: 224, 16 x 8: 60, 32 x 8: 112) but not at b4 (L = 0, 16 x 4: 186
+registers). fp32 (3xTF32) and tf32 (32-wide chunks: 32-channel conv tiles, below wgmma's 64
+rows, so mma.sync) at 32 x 4 spill: C = 256 fp32 616 / 756 B (sm_90 / sm_80), tf32 224 / 76 B;
+C = 128 fp32 144 / 24 B, tf32 no spill (150 registers) but mma.sync on sm_90. Other tiles do
+not help: fp32 C = 256 at 16 x 4 spills 6352 / 8648 B; with 64-wide K chunks (wgmma on sm_90,
+64 x 8) fp32 spills 9124 B (160 KB shared) and tf32 1340 B. They take the scratch design.
+Where the activations do not fit in registers (fp32, tf32 and fp32-ieee at every width; bf16 on
+sm_80 at C = 512 with conv1 and wherever a level stores its activation above C = 128) the scratch
+design runs instead (_level_triton._fmm_level_scratch_kernel): each program owns two BLOCK_M x C
+buffers in the compute dtype (2 x 64 x 256 fp32 = 128 KB; one program per SM, 17 MB of an H200's
+50 MB L2 at C = 256) and walks row blocks; for a block every layer is the per-layer kernel's own
+tile code (_linear_triton._column) reading one buffer and writing the other, the CTA's threads
+synchronised between layers. The same K steps, epilogue and store rounding as the chain, so
+the same bits (tested in the interpreter against the chain at 1, 3 and 7 programs); registers
+are the per-layer kernel's (a tile at a time: fp32 124-184 on sm_90, no spill), and the
+activations stay on the chip, in L2, unless evicted. Its tiles (level_config): 64 rows x 32
+columns for 3xTF32 on sm_90, 64 x 64 otherwise, 32 (sm_90) / 64 (sm_80) x 32 for the FMA
+dot, 8 warps.
 Without CUDA (or Triton) `fmm_level` runs the chain on the torch backend (the CPU path).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -88,9 +104,24 @@ class LevelConfig:
     BLOCK_R: int        # image channels padded to a dot tile
     num_warps: int
     num_stages: int
+    # The activations in per-program buffers (L2) instead of registers (_fmm_level_scratch_kernel):
+    # where the register design spills. BLOCK_N is then the per-layer kernel's column tile.
+    scratch: bool = False
 
 
-def level_config(C: int, E: int, R: int, precision: str, arch: int = 90, L: int = 2) -> LevelConfig:
+def _fits_registers(C: int, precision: str, arch: int, L: int, act_out: bool) -> bool:
+    """Whether the register design (_fmm_level_kernel) compiles without spills (the compile
+    report, module docstring): bf16 only; on sm_80 not at C = 512 with a conv after conv0, nor
+    storing the last activation above C = 128. Elsewhere level_config picks the scratch design."""
+    if precision != "bf16":
+        return False
+    if arch >= 90:
+        return True
+    return C <= 128 if act_out else (C <= 256 or L == 0)
+
+
+def level_config(C: int, E: int, R: int, precision: str, arch: int = 90, L: int = 2,
+                 act_out: bool = False) -> LevelConfig:
     """Launch settings from the level's shape (L: convs after conv0), the precision and the GPU
     arch (sm_90 -> 90), never from the rows: a row's bits do not depend on them (the K steps are
     the per-layer kernel's, so the reductions match it chunk for chunk, whatever BLOCK_M and the
@@ -106,6 +137,22 @@ def level_config(C: int, E: int, R: int, precision: str, arch: int = 90, L: int 
         # other steps could not be matched by one chunking.
         raise ValueError(f"per-layer K steps differ for the convs ({conv_k}) and the ToRGB ({rgb_k}); "
                          "the fused level needs one chunk width")
+    if not _fits_registers(C, precision, arch, L, act_out):
+        # The activations in L2 buffers, a tile of the per-layer kernel's code at a time, 8 warps,
+        # 64 rows (wgmma's minimum on sm_90: 32 made it mma.sync). Columns: at the per-layer
+        # kernel's 128, 3xTF32 spilled 420 B (sm_90, C = 256) and tf32 48 (sm_80); at 64 3xTF32
+        # spilled 24 / 144 B on sm_90 (digan-128 / digan-256 b128), nothing else did; at 32 3xTF32
+        # on sm_90 takes 124-184 registers, no spill, but on sm_80 248 B at C = 256. The FMA dot
+        # (fp32-ieee, no MMA) at 64 x 32: 128 registers, no spill on sm_80 but 16-56 B on sm_90;
+        # 32 x 32: 72-74 registers on sm_90, but 104 B on sm_80 at C = 256 with act_out
+        # (python -m kernels.compile_level --block-m / --block-n / --num-warps).
+        block_m, n = 64, 64
+        if precision == "fp32" and arch >= 90:
+            n = 32
+        elif precision == "fp32-ieee":
+            block_m, n = (32 if arch >= 90 else 64), 32
+        return LevelConfig(BLOCK_M=block_m, BLOCK_N=n, BLOCK_C=conv_k, BLOCK_E=emb_k, BLOCK_R=16, num_warps=8,
+                           num_stages=1, scratch=True)
     if precision == "bf16":
         if arch >= 90:
             # wgmma: the conv tiles are (64 channels) x (BLOCK_M rows), the activation in shared
@@ -128,13 +175,15 @@ def level_config(C: int, E: int, R: int, precision: str, arch: int = 90, L: int 
                        BLOCK_R=16, num_warps=warps, num_stages=1)
 
 
-def fused_level_spill_free(C: int, precision: str, arch: int, L: int) -> bool:
-    """Whether the fused kernel compiles without spills for this level width, precision, arch and
-    number of convs after conv0 (python -m kernels.compile_level; fmm_level's 'auto' runs the
-    per-layer chain elsewhere)."""
-    if precision != "bf16" or C > FUSED_MAX_CHANNELS:
-        return False
-    return arch >= 90 or C <= 256 or L == 0
+def fused_level_spill_free(C: int, precision: str, arch: int, L: int, act_out: bool = False) -> bool:
+    """Whether the fused kernel, in the design and tiles level_config picks, compiles without
+    spills for this level width, precision, arch, number of convs after conv0 and act_out (a
+    level below the top storing its last activation): python -m kernels.compile_level, whose
+    table in bench/RESULTS.md a test compares with this. fmm_level's 'auto' runs the per-layer
+    chain elsewhere (wider levels; archs the report does not cover)."""
+    # Every width up to FUSED_MAX_CHANNELS, precision and arch, by the design level_config picks
+    # (registers where they suffice, else the scratch design): the compile report has no spill.
+    return C <= FUSED_MAX_CHANNELS and precision in ("fp32", "tf32", "bf16", "fp32-ieee") and arch in (80, 90)
 
 
 def _target_arch(device: torch.device) -> int:
@@ -148,6 +197,19 @@ def _target_arch(device: torch.device) -> int:
         return int(triton.runtime.driver.active.get_current_target().arch)
     except Exception:  # no GPU driver (the interpreter): the arch changes no bits
         return 90
+
+
+# Programs of the scratch design per SM: each keeps 2 x 64 x C activation values in L2 (128 KB
+# fp32 at C = 256: 132 SMs of an H200 hold 17 MB of its 50 MB L2). Off CUDA (the interpreter,
+# the compile probe) a few programs, so that each walks several row blocks.
+SCRATCH_PROGRAMS_PER_SM = 1
+SCRATCH_PROGRAMS_OFF_CUDA = 3
+
+
+def _scratch_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return SCRATCH_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return SCRATCH_PROGRAMS_OFF_CUDA
 
 
 def _pow2(n: int) -> int:
@@ -204,6 +266,15 @@ def _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, y
     return d, L, R
 
 
+def _check_act_out(act_out, out) -> None:
+    if not isinstance(act_out, bool):
+        raise ValueError(f"act_out must be a bool, got {act_out!r}")
+    if act_out and out is not None:
+        # A level whose activation is read on is not the top one: its image goes on to the next
+        # level's skip, not into the frame buffer.
+        raise ValueError("act_out=True stores the image as returned rows; out= is for the top level")
+
+
 def _check_out(out, d, R: int, out_uint8: bool, dev: torch.device) -> None:
     """out=: an (F, h, w, R) view of the level's tile (any strides, unit stride across colours,
     e.g. the tile's place in the renderer's (frames, H, W, 3) chunk buffer), uint8 for
@@ -217,12 +288,14 @@ def _check_out(out, d, R: int, out_uint8: bool, dev: torch.device) -> None:
 
 def fmm_level_chain(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b, xs, ys, pre_add=None,
                     pre_index=None, img=None, img_index=None, gain=SQRT2, clamp=None, rgb_clamp=None,
-                    out_uint8=False, precision="fp32", backend="auto", out=None) -> torch.Tensor:
+                    out_uint8=False, precision="fp32", backend="auto", out=None, act_out=False):
     """The level as the per-layer chain of fmm_linear calls (engine/executor.render_tile's): L + 2
-    launches, each activation (M, C) written in the compute dtype and read back. out= as in
-    fmm_level (the last fmm_linear stores there)."""
+    launches, each activation (M, C) written in the compute dtype and read back. out= and
+    act_out as in fmm_level (the last fmm_linear stores there; act_out: -> (img, the last conv's
+    activation))."""
     d, _, R = _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add,
                            pre_index, img, img_index, gain, clamp, rgb_clamp, out_uint8, precision)
+    _check_act_out(act_out, out)
     if out is not None:
         _check_out(out, d, R, out_uint8, w_emb.device)
     cdt = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -232,8 +305,9 @@ def fmm_level_chain(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b,
                    **common)
     for W, b in zip(conv_W, conv_b):
         x = fmm_linear(W, x, bias=b, act=True, gain=gain, clamp=clamp, out_dtype=cdt, **common)
-    return fmm_linear(rgb_W, x, bias=rgb_b, clamp=rgb_clamp, post_add=img, post_index=img_index,
-                      out_dtype=None if out_uint8 else torch.float32, out_uint8=out_uint8, out=out, **common)
+    y = fmm_linear(rgb_W, x, bias=rgb_b, clamp=rgb_clamp, post_add=img, post_index=img_index,
+                   out_dtype=None if out_uint8 else torch.float32, out_uint8=out_uint8, out=out, **common)
+    return (y, x) if act_out else y
 
 
 def fmm_level_reference(*args, **kwargs) -> torch.Tensor:
@@ -246,10 +320,11 @@ def fmm_level_reference(*args, **kwargs) -> torch.Tensor:
 
 def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b, xs, ys, pre_add=None,
                      pre_index=None, img=None, img_index=None, gain=SQRT2, clamp=None, rgb_clamp=None,
-                     out_uint8=False, precision="fp32", out=None) -> torch.Tensor:
+                     out_uint8=False, precision="fp32", out=None, act_out=False):
     """Triton launcher (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1): one kernel."""
     d, L, R = _check_level(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys, pre_add,
                            pre_index, img, img_index, gain, clamp, rgb_clamp, out_uint8, precision)
+    _check_act_out(act_out, out)
     dev = w_emb.device
     resolve_backend("triton", dev)
     C, E = d.N, d.E
@@ -262,12 +337,15 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
     else:
         _check_out(out, d, R, out_uint8, dev)
         out4 = out
+    act = (torch.empty((d.M, C), dtype=torch.bfloat16 if precision == "bf16" else torch.float32, device=dev)
+           if act_out else None)
     if d.M == 0:
-        return out
-    cfg = level_config(C, E, R, precision, _target_arch(dev), L)
+        return (out, act) if act_out else out
+    cfg = level_config(C, E, R, precision, _target_arch(dev), L, act_out)
     row_tiles = d.F * cdiv(d.TH * d.TW, cfg.BLOCK_M)
     if row_tiles > _INT32_MAX:
         raise ValueError(f"{row_tiles} row tiles exceed the grid's 2^31 - 1")
+    CP = max(_pow2(C), cfg.BLOCK_C)
     # The tables and the folded conv0 weights, as the per-layer launcher makes them (same values).
     tx, ty, tb = emb_tables(emb_A, xs, ys, emb_b)                 # (w, 2E), (h, 2E), (F, 2E)
     wf = fold_frame_weights(w_emb.float(), tb)                    # (F, C, 2E) contiguous
@@ -277,6 +355,37 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
     # the frame buffer (its alignment) would then specialise them and compile a variant per crop.
     dummy = tx
     mod = load_triton_module("_level_triton")
+    if cfg.scratch:
+        programs = min(row_tiles, _scratch_programs(dev))
+        scratch = torch.empty((programs, 2, cfg.BLOCK_M, CP), dtype=wf.dtype, device=dev)
+        mod._fmm_level_scratch_kernel[(programs,)](
+            wf, tx, ty,
+            dummy if pre_add is None else pre_add,
+            dummy if pre_index is None else pre_index,
+            bias0.contiguous(), conv_W.contiguous(), conv_b.contiguous(), rgb_W.contiguous(),
+            rgb_b.contiguous(),
+            dummy if img is None else img,
+            dummy if img_index is None else img_index,
+            out4, scratch if act is None else act, scratch,
+            d.TH, d.TW, row_tiles,
+            pre_add.stride(0) if pre_add is not None else 0,
+            img.stride(0) if img is not None else 0,
+            out4.stride(0), out4.stride(1), out4.stride(2),
+            float(gain), 0.0 if clamp is None else float(clamp),
+            0.0 if rgb_clamp is None else float(rgb_clamp),
+            C=C, CP=CP, E=E, L=L, R=R,
+            HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
+            HAS_POST=img is not None, HAS_POST_INDEX=img_index is not None,
+            HAS_CLAMP=clamp is not None, HAS_RGB_CLAMP=rgb_clamp is not None,
+            OUT_UINT8=out_uint8, HAS_ACT_OUT=act_out,
+            DOT_PRECISION=triton_dot_precision(precision),
+            BF16_OPERANDS=precision == "bf16",
+            INTERPRETER=mod.INTERPRETED,
+            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_C=cfg.BLOCK_C, BLOCK_E=cfg.BLOCK_E, BLOCK_R=cfg.BLOCK_R,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            enable_fp_fusion=False,
+        )
+        return (out, act) if act_out else out
     mod._fmm_level_kernel[(row_tiles,)](
         wf, tx, ty,
         dummy if pre_add is None else pre_add,
@@ -286,17 +395,18 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
         dummy if img is None else img,
         dummy if img_index is None else img_index,
         out4,
+        dummy if act is None else act,
         d.TH, d.TW,
         pre_add.stride(0) if pre_add is not None else 0,
         img.stride(0) if img is not None else 0,
         out4.stride(0), out4.stride(1), out4.stride(2),
         float(gain), 0.0 if clamp is None else float(clamp),
         0.0 if rgb_clamp is None else float(rgb_clamp),
-        C=C, CP=max(_pow2(C), cfg.BLOCK_C), E=E, L=L, R=R,
+        C=C, CP=CP, E=E, L=L, R=R,
         HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
         HAS_CLAMP=clamp is not None, HAS_RGB_CLAMP=rgb_clamp is not None,
         HAS_POST=img is not None, HAS_POST_INDEX=img_index is not None,
-        OUT_UINT8=out_uint8,
+        OUT_UINT8=out_uint8, HAS_ACT_OUT=act_out,
         DOT_PRECISION=triton_dot_precision(precision),
         BF16_OPERANDS=precision == "bf16",
         INTERPRETER=mod.INTERPRETED,
@@ -304,7 +414,7 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         enable_fp_fusion=False,
     )
-    return out
+    return (out, act) if act_out else out
 
 
 # One dispatch each (the render loop's op counter and CUDA graph capture see the kernel, not the
@@ -325,6 +435,26 @@ def _level_fake(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A, emb_b, xs, ys
     out_uint8 = rest[7]
     M = emb_b.shape[0] * ys.shape[0] * xs.shape[0]
     return w_emb.new_empty((M, rgb_W.shape[0]), dtype=torch.uint8 if out_uint8 else torch.float32)
+
+
+@torch.library.custom_op("digan::fmm_level_act", mutates_args=())
+def _level_act_op(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, conv_b: torch.Tensor,
+                  rgb_W: torch.Tensor, rgb_b: torch.Tensor, emb_A: torch.Tensor, emb_b: torch.Tensor,
+                  xs: torch.Tensor, ys: torch.Tensor, pre_add: Optional[torch.Tensor],
+                  pre_index: Optional[torch.Tensor], img: Optional[torch.Tensor], img_index: Optional[torch.Tensor],
+                  gain: float, clamp: Optional[float], rgb_clamp: Optional[float], out_uint8: bool,
+                  precision: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys,
+                            pre_add=pre_add, pre_index=pre_index, img=img, img_index=img_index, gain=gain,
+                            clamp=clamp, rgb_clamp=rgb_clamp, out_uint8=out_uint8, precision=precision,
+                            act_out=True)
+
+
+@_level_act_op.register_fake
+def _level_act_fake(w_emb, *rest):
+    img = _level_fake(w_emb, *rest)
+    act_dtype = torch.bfloat16 if rest[-1] == "bf16" else torch.float32
+    return img, w_emb.new_empty((img.shape[0], w_emb.shape[0]), dtype=act_dtype)
 
 
 @torch.library.custom_op("digan::fmm_level_out", mutates_args=("out",))
@@ -352,7 +482,7 @@ def fmm_level(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, co
               pre_index: Optional[torch.Tensor] = None, img: Optional[torch.Tensor] = None,
               img_index: Optional[torch.Tensor] = None, gain: float = SQRT2, clamp: Optional[float] = None,
               rgb_clamp: Optional[float] = None, out_uint8: bool = False, precision: str = "fp32",
-              backend: str = "auto", out: Optional[torch.Tensor] = None) -> torch.Tensor:
+              backend: str = "auto", out: Optional[torch.Tensor] = None, act_out: bool = False):
     """The whole level in one kernel (see the module docstring).
 
     w_emb (C, 2E) conv0's embedding weight [W_sin | W_cos] and bias0 (C,); conv_W (L, C, C) and
@@ -366,20 +496,26 @@ def fmm_level(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, co
     out: an (F, h, w, R) tensor of the tile (uint8 with out_uint8, else fp32; any strides, unit
     stride across colours: a view into a (frames, H, W, 3) frame buffer) the image is stored
     into, row (f, i, j) at out[f, i, j]; returns it. The kernel stores there directly (the
-    chains through the ToRGB's fmm_linear out=)."""
+    chains through the ToRGB's fmm_linear out=).
+    act_out: -> (image, the last conv's activation (M, C) in the compute dtype) for a level below
+    the top, whose activation the next level's split conv0 reads (not with out=): the kernel
+    stores each chunk of it as it is made, the bits the per-layer conv stores."""
     kw = dict(emb_A=emb_A, emb_b=emb_b, xs=xs, ys=ys, pre_add=pre_add, pre_index=pre_index, img=img,
               img_index=img_index, gain=gain, clamp=clamp, rgb_clamp=rgb_clamp, out_uint8=out_uint8,
-              precision=precision, out=out)
+              precision=precision, out=out, act_out=act_out)
     args = (w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b)
     # Checked once, by the path taken (the fused launcher inside its custom op, or the chain):
     # here only what picks the path.
     chosen = resolve_backend(backend, tensor_device(w_emb, "w_emb"))
     check_tensor(conv_W, "conv_W", ndim=3)
+    _check_act_out(act_out, out)
     if chosen == "triton" and (backend == "triton" or fused_level_spill_free(
-            w_emb.shape[0], precision, _target_arch(w_emb.device), conv_W.shape[0])):
+            w_emb.shape[0], precision, _target_arch(w_emb.device), conv_W.shape[0], act_out)):
         slots = (*args, emb_A, emb_b, xs, ys, pre_add, pre_index, img, img_index, float(gain),
                  None if clamp is None else float(clamp), None if rgb_clamp is None else float(rgb_clamp),
                  out_uint8, precision)
+        if act_out:
+            return torch.ops.digan.fmm_level_act(*slots)
         if out is not None:
             torch.ops.digan.fmm_level_out(out, *slots)
             return out

@@ -17,7 +17,7 @@ from digan.program import generator_program, level_index, level_xy, linear_calls
 from digan.view import View, level_rects
 from engine import executor
 from engine.executor import FrameBias, TileGeometry
-from engine.plan import make_plan
+from engine.plan import Tile, make_plan
 from engine.renderer import Renderer
 from engine.request import RenderRequest
 from kernels import nearest_index
@@ -85,7 +85,7 @@ def test_tiles_dispatch_only_the_fused_ops(tiny, monkeypatch, precision):
     assert plan.frames_per_chunk == 1 and plan.num_tiles == 12
     r = Renderer(tiny, req, plan=plan)
     prog = generator_program(cfg)
-    n_linear = linear_calls(prog)                      # 13 for tiny-32: 9 layers + 2 split conv0 x 2
+    assert linear_calls(prog) == 13                    # tiny-32: 9 layers + 2 split conv0 x 2
     n_emb = sum(1 for layer in prog.layers if layer.emb)
 
     log = OpLog()
@@ -125,21 +125,16 @@ def test_tiles_dispatch_only_the_fused_ops(tiny, monkeypatch, precision):
     warm = range(tiles_per_chunk + 1, plan.num_tiles + 1)
     per_tile = {t: collections.Counter(op for (ph, t_), op in log.ops if ph == "tile" and t_ == t) for t in warm}
     # 1. Inside render_tile: the chain's fused ops only, the same for every tile, and no more than
-    #    the chain needs (a regression shows here): every ToRGB folded into the layer before it
-    #    (fmm_linear_torgb), the last one storing straight into the tile's place in the chunk
-    #    buffer (fmm_linear_torgb_out); tiny-32: 13 linear calls, 4 ToRGBs -> 5 + 3 + 1 ops.
-    n_rgb = sum(1 for layer in prog.layers if layer.kind == "torgb")
-    if precision == "fp32":
-        expected = collections.Counter({"digan.fmm_linear.default": n_linear - 2 * n_rgb,
-                                        "digan.fmm_linear_torgb.default": n_rgb - 1,
-                                        "digan.fmm_linear_torgb_out.default": 1})
-        kernels = {"_linear_triton._fmm_linear_kernel": 9}
-    else:
-        # the final level (split conv0's parent part + conv0 + conv1 + ToRGB) as its parent part
-        # and one fused kernel storing into the chunk buffer (fmm_level_out): 8 ops, 2 for it.
-        expected = collections.Counter({"digan.fmm_linear.default": 4, "digan.fmm_linear_torgb.default": 3,
-                                        "digan.fmm_level_out.default": 1})
-        kernels = {"_linear_triton._fmm_linear_kernel": 7, "_level_triton._fmm_level_kernel": 1}
+    #    the chain needs (a regression shows here).
+    # Every level with a split conv0 (b16, b32) runs as its parent part and one fused kernel:
+    # b16's returns its image rows and last activation (fmm_level_act), b32's stores into the
+    # chunk buffer (fmm_level_out); the other ToRGBs are folded into the layer before them
+    # (fmm_linear_torgb). Per block: b4 1 (emb + ToRGB), b8 2, b16 2, b32 2: 7 ops, fp32 (the
+    # scratch design) and bf16 (registers) alike.
+    expected = collections.Counter({"digan.fmm_linear.default": 3, "digan.fmm_linear_torgb.default": 2,
+                                    "digan.fmm_level_act.default": 1, "digan.fmm_level_out.default": 1})
+    kernel = "_fmm_level_scratch_kernel" if precision == "fp32" else "_fmm_level_kernel"
+    kernels = {"_linear_triton._fmm_linear_kernel": 5, f"_level_triton.{kernel}": 2}
     n_ops = sum(expected.values())
     assert n_ops == sum(kernels.values())
     for t, ops in per_tile.items():
@@ -215,3 +210,69 @@ def test_geometry_is_shared_by_shape_and_bounded():
     assert len(geo._coords) == 3
     with pytest.raises(ValueError, match="cache sizes"):
         TileGeometry(max_shapes=0)
+
+
+# digan-128's fused ops per block on the Triton backend, as render_tile issues them (the part-1
+# counter's "ops per level"), by precision and arch: at most 2 per block, the final store inside
+# the last. b64 and b128: split conv0's parent part + one fused level kernel (registers in bf16,
+# the scratch design elsewhere, kernels/level.py); b4 .. b32: the ToRGB folded into the conv
+# before it. fp32-ieee (the FMA dot, kept selectable for exactness) does not fold (its fold
+# kernel spills): b4 .. b32 take one op more.
+OPS_PER_BLOCK = {
+    ("bf16", 90): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
+    ("bf16", 80): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
+    ("fp32", 90): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
+    ("fp32", 80): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
+    ("tf32", 90): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
+    ("fp32-ieee", 90): {4: 2, 8: 3, 16: 3, 32: 3, 64: 2, 128: 2},
+}
+
+
+@pytest.fixture(scope="module")
+def digan128():
+    from digan.networks import Generator
+    torch.manual_seed(0)
+    return Generator(generator_preset("digan-128")).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("precision,arch", list(OPS_PER_BLOCK))
+def test_digan128_ops_per_level(digan128, monkeypatch, precision, arch):
+    """render_tile's op sequence for a digan-128 tile, with the kernels replaced by recorders (the
+    wiring under test is the executor's: which levels fuse, which ToRGBs fold), per block."""
+    import kernels.level as k_level
+    import kernels.linear_rgb as k_rgb
+    from engine.request import TimeGrid
+    from kernels import fmm_modulate
+
+    G = digan128
+    monkeypatch.setattr(k_level, "_target_arch", lambda device: arch)
+    # The modulation on the torch backend (the weights' values do not matter, only the wiring).
+    monkeypatch.setattr(executor, "fmm_modulate", lambda *a, backend=None, **k: fmm_modulate(*a, backend="torch", **k))
+    ws = G.mapping(torch.randn(1, G.cfg.z_dim), None, skip_w_avg_update=True)[0]
+    blocks = executor.prepare_video(G, ws, torch.randn(G.cfg.w_dim), TimeGrid(values=(0.0, 0.5)), precision,
+                                    "triton")
+    block_of = {id(t): lw.layer.res for bw in blocks for lw in bw.layers for t in (lw.W, lw.W_e) if t is not None}
+    ops = []
+
+    def linear(W, x, **k):
+        ops.append((block_of[id(W)], "linear"))
+        return object()
+
+    def fold(W, x, **k):
+        ops.append((block_of[id(W)], "linear_torgb"))
+        return object(), object()
+
+    def level(w_emb, *a, act_out=False, **k):
+        ops.append((block_of[id(w_emb)], "level"))
+        return (object(), object()) if act_out else object()
+
+    monkeypatch.setattr(executor, "fmm_linear", linear)
+    monkeypatch.setattr(k_rgb, "fmm_linear_torgb", fold)
+    monkeypatch.setattr(k_level, "fmm_level", level)
+    tile = Tile(rect=(0, 8, 0, 8), frames=(0, 2))
+    into = torch.empty(2, 8, 8, 3, dtype=torch.uint8)
+    executor.render_tile(G, blocks, tile, 1, precision, "triton", "cpu", geometry=TileGeometry(), into=into)
+    per_block = collections.Counter(res for res, _ in ops)
+    assert dict(per_block) == OPS_PER_BLOCK[(precision, arch)], ops
+    # The last op stores the frame (the fused top level or the folded last ToRGB), nothing after it.
+    assert ops[-1] == (128, "level") and ops[-2] == (128, "linear")

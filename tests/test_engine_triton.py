@@ -53,10 +53,11 @@ def test_triton_engine_matches_official_fixture(official_g):
 @pytest.mark.usefixtures("fixed_order_dot")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_fused_ops_give_the_per_layer_chains_frames(tiny, precision, monkeypatch):
-    """The ToRGBs folded into the layers before them (and the fused final level where the kernel
-    takes the level) against the per-layer chain of fmm_linear calls: the same uint8 frames and
-    the same fp32 image, bit for bit (interpreter with the fixed-order dot: an element's bits do
-    not depend on the dot's tile shape). bf16 is forced to run as bf16 on any CPU."""
+    """The ToRGBs folded into the layers before them (and the fused levels where the kernel takes
+    them: the top one and one below it, which hands its activation on) against the per-layer
+    chain of fmm_linear calls: the same uint8 frames and the same fp32 image, bit for bit
+    (interpreter with the fixed-order dot: an element's bits do not depend on the dot's tile
+    shape). bf16 is forced to run as bf16 on any CPU."""
     import engine.executor as ex
     monkeypatch.setattr("engine.precision.cpu_bf16_support", lambda: (True, "test"))
     # a crop at scale 1 reaching past the top edge: every level, the skips by index, 2 chunks
@@ -78,8 +79,9 @@ def test_fused_ops_give_the_per_layer_chains_frames(tiny, precision, monkeypatch
     fused = Renderer(tiny, req, plan=plan)
     got_u8 = torch.stack([f.cpu() for _, _, f in fused.frames()])
     got_f = fused.render_float()
-    # 2 chunks x 2 renders: 3 folded ToRGBs each (4 in fp32, where the final level is not fused)
-    assert calls == ({"fold": 16, "level": 0} if precision == "fp32" else {"fold": 12, "level": 4}), calls
+    # 2 chunks x 2 renders: the two split levels (b16, returning its activation, and b32) fused
+    # (fp32: the scratch design, bf16: registers) and the other 2 ToRGBs folded
+    assert calls == {"fold": 8, "level": 8}, calls
     monkeypatch.setattr(ex, "_FOLD_RGB", False)
     monkeypatch.setattr(ex, "_FUSE_LEVELS", False)
     plain = Renderer(tiny, req, plan=plan)

@@ -30,5 +30,7 @@ def test_scenarios_and_table():
             assert 0 < r["t_fused"] <= r["t_layer"]
         top = rows[-1]          # b128, 256 wide: one level kernel after conv0's parent part
         assert top["kernels_fused"] == 2 and top["bytes_fused"] < top["bytes_layer"] / 3
+        b64 = rows[-2]          # b64, 512 wide: the same, writing its last activation once
+        assert b64["kernels_fused"] == 2 and b64["bytes_fused"] < b64["bytes_layer"] / 2
     text = markdown(cfg)
     assert "ESTIMATE" in text and "128²×16×8" in text and "1024²×256" in text

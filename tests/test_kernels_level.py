@@ -240,6 +240,38 @@ def test_row_block_changes_no_bits(monkeypatch, block_m, num_warps):
         assert_bitwise_equal(got, want, f"BLOCK_M={block_m}, {num_warps} warps ({precision})")
 
 
+@needs_triton
+@pytest.mark.parametrize("programs,block_m", [(1, 16), (3, 64), (7, 16)])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_scratch_design_changes_no_bits(monkeypatch, programs, block_m, precision):
+    """The scratch design (activations in per-program buffers; fp32 and tf32 always, bf16 where
+    the registers spill, e.g. sm_80's b64) forced for both precisions: the per-layer chain's
+    bits whatever the number of programs (each walking several row blocks: 10 blocks of 16 rows
+    here, or 2 of 64) and the rows per block, the image and act_out's activation; poisoned."""
+    import dataclasses
+
+    import kernels.level as k_level
+    saved = k_level.level_config
+    monkeypatch.setattr(k_level, "_fits_registers", lambda *a: False)
+    monkeypatch.setattr(k_level, "_scratch_programs", lambda device: programs)   # on a GPU too
+    monkeypatch.setattr(k_level, "level_config", lambda *a, **k: dataclasses.replace(saved(*a, **k), BLOCK_M=block_m))
+    assert saved(48, 16, 3, precision).scratch if precision == "fp32" else True
+    for (C, E, L, F, h, w), act_out in (((48, 16, 2, 2, 5, 7), False), ((32, 8, 0, 1, 13, 5), True),
+                                        ((48, 16, 1, 2, 9, 9), True)):
+        args, kw = to_device(*make_level(31 + L, C=C, E=E, L=L, F=F, h=h, w=w, precision=precision),
+                             device_for("triton"))
+        for u8 in ((False, True) if not act_out else (False,)):
+            if act_out:
+                img = run_poisoned(lambda: fmm_level_triton(*args, act_out=True, **kw)[0])
+                act = run_poisoned(lambda: fmm_level_triton(*args, act_out=True, **kw)[1])
+                want_img, want_act = fmm_level_chain(*args, act_out=True, backend="triton", **kw)
+                assert_bitwise_equal(act, want_act, f"scratch act_out ({precision}, L={L})")
+            else:
+                img = run_poisoned(lambda: fmm_level_triton(*args, out_uint8=u8, **kw))
+                want_img = fmm_level_chain(*args, out_uint8=u8, backend="triton", **kw)
+            assert_bitwise_equal(img, want_img, f"scratch design ({precision}, L={L}, uint8={u8})")
+
+
 # ---- out=: the frame buffer view ------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["triton", "chain-triton", "chain-torch"])
@@ -273,6 +305,42 @@ def test_out_view_into_frame_buffer(backend, u8):
     assert (untouched == poison).all() if u8 else untouched.isnan().all(), "wrote outside the view"
 
 
+# ---- act_out: a level below the top ---------------------------------------------------------------
+
+@needs_triton
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3]])                 # L = 1 (b64's), L = 0
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_act_out_is_the_chains_last_activation(shape, precision):
+    """act_out=True also stores the last conv's activation (the next level's split conv0 reads
+    it): every element written (two poisons), the per-layer Triton chain's bits, in the compute
+    dtype; the image is the one without act_out."""
+    C, E, L, F, h, w = shape
+    dev = device_for("triton")
+    args, kw = to_device(*make_level(7 + C + L, C=C, E=E, L=L, F=F, h=h, w=w, precision=precision), dev)
+    img = run_poisoned(lambda: fmm_level_triton(*args, act_out=True, **kw)[0])
+    act = run_poisoned(lambda: fmm_level_triton(*args, act_out=True, **kw)[1])
+    want_img, want_act = fmm_level_chain(*args, act_out=True, backend="triton", **kw)
+    assert act.shape == (F * h * w, C) and act.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert float(act.float().abs().amax()) > 0.1, "the activation is degenerate: the comparison would say little"
+    assert_bitwise_equal(act, want_act, f"act_out vs the chain's last activation ({precision})")
+    assert_bitwise_equal(img, want_img, f"image with act_out ({precision})")
+    assert_bitwise_equal(img, fmm_level_triton(*args, **kw), f"image with and without act_out ({precision})")
+    # The dispatcher: on CPU tensors 'auto' runs the torch chain, which returns the same pair.
+    got = fmm_level(*args, act_out=True, backend="triton", **kw)
+    assert isinstance(got, tuple) and len(got) == 2
+    assert_bitwise_equal(got[1], want_act, "fmm_level(act_out=True)")
+
+
+def test_act_out_checks():
+    args, kw = make_level(2, C=16, E=8, L=1, F=1, h=2, w=3)
+    with pytest.raises(ValueError, match="act_out must be a bool"):
+        fmm_level(*args, act_out=1, backend="torch", **kw)
+    with pytest.raises(ValueError, match="out= is for the top level"):
+        fmm_level(*args, act_out=True, backend="torch", out=torch.empty(1, 2, 3, 3), **kw)
+    img, act = fmm_level(*args, act_out=True, backend="torch", **kw)
+    assert act.shape == (6, 16) and img.shape == (6, 3)
+
+
 # ---- dispatch, configuration, checks --------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -299,7 +367,10 @@ def test_config_keyed_on_shape():
                     cfg = level_config(C, 128, 3, p, arch, L)
                     assert cfg.BLOCK_C == _triton_config(C, 0, C, p)["BLOCK_K"]
                     assert cfg.BLOCK_E == _triton_config(0, 128, C, p)["BLOCK_K"]
-                    assert cfg.BLOCK_N == cfg.BLOCK_C and C // cfg.BLOCK_C <= 16
+                    assert C // cfg.BLOCK_C <= 16
+                    # the register design keeps the activation as chunks: a column tile is one
+                    assert cfg.scratch or cfg.BLOCK_N == cfg.BLOCK_C
+                    assert cfg.scratch == (p != "bf16" or (arch == 80 and C == 512 and L > 0))
 
 
 @needs_triton
@@ -348,3 +419,22 @@ def test_argument_checks():
     for over, msg in out_cases:
         with pytest.raises(ValueError, match=msg):
             call(**over)
+
+
+def test_spill_free_rule_matches_the_compile_report():
+    """fused_level_spill_free (what the renderer fuses) says yes exactly for the variants that
+    bench/RESULTS.md's compile report (python -m kernels.compile_level) lists as compiled
+    without spills, and no for those that spilled."""
+    import pathlib
+    import re
+
+    from kernels.level import fused_level_spill_free
+    text = (pathlib.Path(__file__).resolve().parents[1] / "bench" / "RESULTS.md").read_text()
+    block = text.split("<!-- level-kernel:begin -->")[1].split("<!-- level-kernel:end -->")[0]
+    rows = [r for r in block.splitlines() if re.match(r"\| digan-", r)]
+    assert len(rows) >= 8
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        arch, precision, C, L, out, ok = int(cells[1][3:]), cells[2], int(cells[3]), int(cells[4]), cells[5], cells[-1]
+        want = ok == "yes"
+        assert fused_level_spill_free(C, precision, arch, L, act_out=out.endswith("+ act")) == want, row

@@ -210,3 +210,22 @@ def test_program_is_a_value():
         prog.layers[0].c_in = 3
     assert prog == generator_program(generator_preset("tiny-32"))
     assert functools.reduce(lambda a, lr: a + lr.calls, prog.layers, 0) == linear_calls(prog)
+
+
+def test_level_groups():
+    """The blocks that can run as one fused level: split conv0, convs, one ToRGB, nothing else
+    (digan-128: b64 and b128; b4 .. b32 have no split conv0)."""
+    from digan.program import level_groups
+    for preset, want in (("digan-128", {(64, 1), (128, 2)}), ("tiny-32", {(16, 1), (32, 1)}),
+                         ("tiny-64", {(32, 1), (64, 2)})):
+        layers = generator_program(generator_preset(preset)).layers
+        groups = level_groups(layers)
+        assert {(layers[i].res, j - i - 1) for i, j in groups.items()} == want, preset
+        for i, j in groups.items():
+            assert layers[i].kind == "split" and layers[j].kind == "torgb"
+            assert all(layer.kind == "conv" and layer.block == layers[i].block for layer in layers[i + 1:j])
+    # A block cut before its ToRGB, or with a layer of its own after the ToRGB, is no group.
+    layers = list(generator_program(generator_preset("tiny-32")).layers)
+    i, j = next(iter(level_groups(layers).items()))
+    assert i not in level_groups(layers[:j])
+    assert i not in level_groups(layers[:j + 1] + [layers[j - 1]])
