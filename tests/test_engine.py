@@ -161,11 +161,9 @@ def _peak_rss(frames, scale, budget, **env_extra):
 @pytest.mark.slow
 def test_cpu_memory_stays_within_budget_as_frames_and_size_grow():
     """Peak RSS growth during the render stays under the budget at 256^2 -> 1024^2 and 16 -> 256
-    frames (tiny model: the point is the planner, not the FLOPs). 1024^2 renders 3 frames: the
-    planner splits each frame into tiles and chunks of one frame, so the peak is reached in the
-    first frame; more frames at that size add time, not memory."""
+    frames (tiny model: the point is the planner, not the FLOPs)."""
     budget = 48 * MiB
-    for frames, scale in [(16, 4), (256, 4), (3, 16)]:
+    for frames, scale in [(16, 4), (256, 4), (16, 16)]:
         r = _peak_rss(frames, scale, budget)
         assert r["frames"] == frames
         growth = r["peak"] - r["base"]
