@@ -49,7 +49,7 @@ rows, so mma.sync) at 32 x 4 spill: C = 256 fp32 616 / 756 B (sm_90 / sm_80), tf
 C = 128 fp32 144 / 24 B, tf32 no spill (150 registers) but mma.sync on sm_90. Other tiles do
 not help: fp32 C = 256 at 16 x 4 spills 6352 / 8648 B; with 64-wide K chunks (wgmma on sm_90,
 64 x 8) fp32 spills 9124 B (160 KB shared) and tf32 1340 B. They take the scratch design.
-Where the activations do not fit in registers (fp32, tf32 and fp32-ieee at every width; bf16 on
+Where the activations do not fit in registers (fp32 and tf32 at every width; bf16 on
 sm_80 at C = 512 with conv1 and wherever a level stores its activation above C = 128) the scratch
 design runs instead (_level_triton._fmm_level_scratch_kernel): each program owns two BLOCK_M x C
 buffers in the compute dtype (2 x 64 x 256 fp32 = 128 KB; one program per SM, 17 MB of an H200's
@@ -181,9 +181,12 @@ def fused_level_spill_free(C: int, precision: str, arch: int, L: int, act_out: b
     level below the top storing its last activation): python -m kernels.compile_level, whose
     table in bench/RESULTS.md a test compares with this. fmm_level's 'auto' runs the per-layer
     chain elsewhere (wider levels; archs the report does not cover)."""
-    # Every width up to FUSED_MAX_CHANNELS, precision and arch, by the design level_config picks
-    # (registers where they suffice, else the scratch design): the compile report has no spill.
-    return C <= FUSED_MAX_CHANNELS and precision in ("fp32", "tf32", "bf16", "fp32-ieee") and arch in (80, 90)
+    # Every width up to FUSED_MAX_CHANNELS of fp32, tf32 and bf16 on sm_90 and sm_80, by the design
+    # level_config picks (registers where they suffice, else the scratch design): the compile
+    # report has no spill. Not fp32-ieee, the slow exact mode (nor does its ToRGB fold): its FMA
+    # dot spilled 16-56 B at 64 x 32 on sm_90, and 32 B at 32 x 32 in the render-256 scenario
+    # of make compile-check (64 registers) where kernels.compile_level's shapes had none.
+    return C <= FUSED_MAX_CHANNELS and precision in ("fp32", "tf32", "bf16") and arch in (80, 90)
 
 
 def _target_arch(device: torch.device) -> int:

@@ -216,15 +216,15 @@ def test_geometry_is_shared_by_shape_and_bounded():
 # counter's "ops per level"), by precision and arch: at most 2 per block, the final store inside
 # the last. b64 and b128: split conv0's parent part + one fused level kernel (registers in bf16,
 # the scratch design elsewhere, kernels/level.py); b4 .. b32: the ToRGB folded into the conv
-# before it. fp32-ieee (the FMA dot, kept selectable for exactness) does not fold (its fold
-# kernel spills): b4 .. b32 take one op more.
+# before it. fp32-ieee (the FMA dot, kept selectable for exactness) neither folds nor fuses (its
+# fold and level kernels spill): the per-layer chain.
 OPS_PER_BLOCK = {
     ("bf16", 90): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
     ("bf16", 80): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
     ("fp32", 90): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
     ("fp32", 80): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
     ("tf32", 90): {4: 1, 8: 2, 16: 2, 32: 2, 64: 2, 128: 2},
-    ("fp32-ieee", 90): {4: 2, 8: 3, 16: 3, 32: 3, 64: 2, 128: 2},
+    ("fp32-ieee", 90): {4: 2, 8: 3, 16: 3, 32: 3, 64: 4, 128: 5},
 }
 
 
@@ -275,4 +275,5 @@ def test_digan128_ops_per_level(digan128, monkeypatch, precision, arch):
     per_block = collections.Counter(res for res, _ in ops)
     assert dict(per_block) == OPS_PER_BLOCK[(precision, arch)], ops
     # The last op stores the frame (the fused top level or the folded last ToRGB), nothing after it.
-    assert ops[-1] == (128, "level") and ops[-2] == (128, "linear")
+    if precision != "fp32-ieee":
+        assert ops[-1] == (128, "level") and ops[-2] == (128, "linear")

@@ -241,8 +241,8 @@ def test_row_block_changes_no_bits(monkeypatch, block_m, num_warps):
 
 
 @needs_triton
-@pytest.mark.parametrize("programs,block_m", [(1, 16), (3, 64), (7, 16)])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision,programs,block_m", [("fp32", 1, 16), ("fp32", 7, 16), ("bf16", 3, 64),
+                                                        ("bf16", 7, 16)])
 def test_scratch_design_changes_no_bits(monkeypatch, programs, block_m, precision):
     """The scratch design (activations in per-program buffers; fp32 and tf32 always, bf16 where
     the registers spill, e.g. sm_80's b64) forced for both precisions: the per-layer chain's
