@@ -219,16 +219,15 @@ def prepare_video(G: Generator, ws: torch.Tensor, z_motion: torch.Tensor, Ts: Un
 
 def fused_levels(prog: Program, precision: str, backend: str, device: torch.device) -> List[int]:
     """The blocks whose level runs as one kernel (kernels.fmm_level): on the Triton backend, the
-    level groups (split conv0, convs, ToRGB; digan.program.level_groups) whose width, precision
-    and conv count the fused kernel compiles for without spilling on this device's arch
+    level groups (split conv0, convs, ToRGB; digan.program.level_groups) whose width and
+    precision the fused kernel compiles for without spilling on this device's arch
     (kernels.level.fused_level_spill_free, from python -m kernels.compile_level)."""
     if backend != "triton" or not _FUSE_LEVELS:
         return []
     from kernels.level import _target_arch, fused_level_spill_free
     arch = _target_arch(torch.device(device))
-    top = len(prog.layers) - 1
-    return [prog.layers[i].block for i, j in level_groups(prog.layers).items()
-            if fused_level_spill_free(prog.layers[i].c_out, precision, arch, j - i - 1, act_out=j != top)]
+    return [prog.layers[i].block for i in level_groups(prog.layers)
+            if fused_level_spill_free(prog.layers[i].c_out, precision, arch)]
 
 
 def _stack_convs(bw: BlockWeights) -> None:

@@ -79,6 +79,17 @@ def _store_act(act_ptr, yT, offs_m, mask_m, offs_n, mask_n, C: tl.constexpr):
     tl.store(act_ptr + offs_m[None, :] * C + offs_n[:, None], yT, mask=mask_n[:, None] & mask_m[None, :])
 
 
+@triton.jit
+def _last_chunk(rgb, yT, act_ptr, wr_ptr, offs_m, mask_m, offs_n, mask_n, offs_r, mask_r, C: tl.constexpr,
+                HAS_ACT_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr, BF16_OPERANDS: tl.constexpr,
+                INTERPRETER: tl.constexpr):
+    """A chunk of the level's last activation (conv0's with no conv after it, else the last
+    conv's): stored for the next level (HAS_ACT_OUT), and the ToRGB's K step on it."""
+    if HAS_ACT_OUT:
+        _store_act(act_ptr, yT, offs_m, mask_m, offs_n, mask_n, C)
+    return _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_n, C, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
+
+
 @triton.jit(do_not_specialize=["TH", "TW", "stride_of", "stride_oi", "stride_oj"],
             do_not_specialize_on_alignment=["out_ptr"])
 def _fmm_level_kernel(
@@ -182,10 +193,8 @@ def _fmm_level_kernel(
         b = tl.load(b0_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         yT = tl.trans(_as_activation(_act(acc, b, gain, clamp, HAS_CLAMP), BF16_OPERANDS, INTERPRETER))
         if L == 0:
-            if HAS_ACT_OUT:
-                _store_act(act_ptr, yT, offs_m, mask_m, offs_n, mask_n, C)
-            rgb = _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_n, C, DOT_PRECISION, BF16_OPERANDS,
-                            INTERPRETER)
+            rgb = _last_chunk(rgb, yT, act_ptr, wr_ptr, offs_m, mask_m, offs_n, mask_n, offs_r, mask_r, C,
+                              HAS_ACT_OUT, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
         else:
             h = h + (yT,)
 
@@ -209,10 +218,8 @@ def _fmm_level_kernel(
             b = tl.load(bc_ptr + layer * C + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
             yT = _as_activation(_act(acc, b, gain, clamp, HAS_CLAMP), BF16_OPERANDS, INTERPRETER)
             if layer == L - 1:
-                if HAS_ACT_OUT:
-                    _store_act(act_ptr, yT, offs_m, mask_m, offs_n, mask_n, C)
-                rgb = _rgb_step(rgb, yT, wr_ptr, offs_r, mask_r, offs_n, C, DOT_PRECISION, BF16_OPERANDS,
-                                INTERPRETER)
+                rgb = _last_chunk(rgb, yT, act_ptr, wr_ptr, offs_m, mask_m, offs_n, mask_n, offs_r, mask_r, C,
+                                  HAS_ACT_OUT, DOT_PRECISION, BF16_OPERANDS, INTERPRETER)
             else:
                 h_new = h_new + (yT,)
         h = h_new

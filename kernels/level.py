@@ -175,12 +175,12 @@ def level_config(C: int, E: int, R: int, precision: str, arch: int = 90, L: int 
                        BLOCK_R=16, num_warps=warps, num_stages=1)
 
 
-def fused_level_spill_free(C: int, precision: str, arch: int, L: int, act_out: bool = False) -> bool:
-    """Whether the fused kernel, in the design and tiles level_config picks, compiles without
-    spills for this level width, precision, arch, number of convs after conv0 and act_out (a
-    level below the top storing its last activation): python -m kernels.compile_level, whose
-    table in bench/RESULTS.md a test compares with this. fmm_level's 'auto' runs the per-layer
-    chain elsewhere (wider levels; archs the report does not cover)."""
+def fused_level_spill_free(C: int, precision: str, arch: int) -> bool:
+    """Whether the fused kernel, in the design and tiles level_config picks (which do depend on
+    the convs after conv0 and act_out), compiles without spills for this level width, precision
+    and arch: python -m kernels.compile_level, whose table in bench/RESULTS.md a test compares
+    with this. fmm_level's 'auto' runs the per-layer chain elsewhere (wider levels, fp32-ieee,
+    archs the report does not cover)."""
     # Every width up to FUSED_MAX_CHANNELS of fp32, tf32 and bf16 on sm_90 and sm_80, by the design
     # level_config picks (registers where they suffice, else the scratch design): the compile
     # report has no spill. Not fp32-ieee, the slow exact mode (nor does its ToRGB fold): its FMA
@@ -358,53 +358,24 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
     # the frame buffer (its alignment) would then specialise them and compile a variant per crop.
     dummy = tx
     mod = load_triton_module("_level_triton")
-    if cfg.scratch:
-        programs = min(row_tiles, _scratch_programs(dev))
-        scratch = torch.empty((programs, 2, cfg.BLOCK_M, CP), dtype=wf.dtype, device=dev)
-        mod._fmm_level_scratch_kernel[(programs,)](
-            wf, tx, ty,
-            dummy if pre_add is None else pre_add,
-            dummy if pre_index is None else pre_index,
-            bias0.contiguous(), conv_W.contiguous(), conv_b.contiguous(), rgb_W.contiguous(),
-            rgb_b.contiguous(),
-            dummy if img is None else img,
-            dummy if img_index is None else img_index,
-            out4, scratch if act is None else act, scratch,
-            d.TH, d.TW, row_tiles,
-            pre_add.stride(0) if pre_add is not None else 0,
-            img.stride(0) if img is not None else 0,
-            out4.stride(0), out4.stride(1), out4.stride(2),
-            float(gain), 0.0 if clamp is None else float(clamp),
-            0.0 if rgb_clamp is None else float(rgb_clamp),
-            C=C, CP=CP, E=E, L=L, R=R,
-            HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
-            HAS_POST=img is not None, HAS_POST_INDEX=img_index is not None,
-            HAS_CLAMP=clamp is not None, HAS_RGB_CLAMP=rgb_clamp is not None,
-            OUT_UINT8=out_uint8, HAS_ACT_OUT=act_out,
-            DOT_PRECISION=triton_dot_precision(precision),
-            BF16_OPERANDS=precision == "bf16",
-            INTERPRETER=mod.INTERPRETED,
-            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_C=cfg.BLOCK_C, BLOCK_E=cfg.BLOCK_E, BLOCK_R=cfg.BLOCK_R,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            enable_fp_fusion=False,
-        )
-        return (out, act) if act_out else out
-    mod._fmm_level_kernel[(row_tiles,)](
-        wf, tx, ty,
-        dummy if pre_add is None else pre_add,
-        dummy if pre_index is None else pre_index,
-        bias0.contiguous(), conv_W.contiguous(), conv_b.contiguous(), rgb_W.contiguous(),
-        rgb_b.contiguous(),
-        dummy if img is None else img,
-        dummy if img_index is None else img_index,
-        out4,
-        dummy if act is None else act,
-        d.TH, d.TW,
-        pre_add.stride(0) if pre_add is not None else 0,
-        img.stride(0) if img is not None else 0,
-        out4.stride(0), out4.stride(1), out4.stride(2),
-        float(gain), 0.0 if clamp is None else float(clamp),
-        0.0 if rgb_clamp is None else float(rgb_clamp),
+    # Both designs take the same operands; the scratch one also its buffers and the row blocks the
+    # programs walk (its grid is the programs, not the row blocks).
+    operands = [wf, tx, ty,
+                dummy if pre_add is None else pre_add,
+                dummy if pre_index is None else pre_index,
+                bias0.contiguous(), conv_W.contiguous(), conv_b.contiguous(), rgb_W.contiguous(),
+                rgb_b.contiguous(),
+                dummy if img is None else img,
+                dummy if img_index is None else img_index,
+                out4,
+                dummy if act is None else act]
+    sizes = [d.TH, d.TW]
+    scalars = [pre_add.stride(0) if pre_add is not None else 0,
+               img.stride(0) if img is not None else 0,
+               out4.stride(0), out4.stride(1), out4.stride(2),
+               float(gain), 0.0 if clamp is None else float(clamp),
+               0.0 if rgb_clamp is None else float(rgb_clamp)]
+    meta = dict(
         C=C, CP=CP, E=E, L=L, R=R,
         HAS_PRE=pre_add is not None, HAS_PRE_INDEX=pre_index is not None,
         HAS_CLAMP=clamp is not None, HAS_RGB_CLAMP=rgb_clamp is not None,
@@ -417,6 +388,12 @@ def fmm_level_triton(w_emb, bias0, conv_W, conv_b, rgb_W, rgb_b, *, emb_A, emb_b
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         enable_fp_fusion=False,
     )
+    if cfg.scratch:
+        programs = min(row_tiles, _scratch_programs(dev))
+        scratch = torch.empty((programs, 2, cfg.BLOCK_M, CP), dtype=wf.dtype, device=dev)
+        mod._fmm_level_scratch_kernel[(programs,)](*operands, scratch, *sizes, row_tiles, *scalars, **meta)
+    else:
+        mod._fmm_level_kernel[(row_tiles,)](*operands, *sizes, *scalars, **meta)
     return (out, act) if act_out else out
 
 
@@ -494,7 +471,7 @@ def fmm_level(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, co
     conv0's parent part with pre_index (M,) int64; img (Mq, R) the parent image with img_index
     (M,). Weights in the compute dtype. Returns (M, R) fp32 (the unclipped image) or uint8
     (out_uint8=True). backend: 'auto' (on CUDA tensors with Triton: the fused kernel where it
-    compiles without spills, fused_level_spill_free(C, precision, arch, L), else the per-layer
+    compiles without spills, fused_level_spill_free(C, precision, arch), else the per-layer
     Triton chain; on CPU the per-layer torch chain), 'triton' (the fused kernel), 'torch'.
     out: an (F, h, w, R) tensor of the tile (uint8 with out_uint8, else fp32; any strides, unit
     stride across colours: a view into a (frames, H, W, 3) frame buffer) the image is stored
@@ -513,7 +490,7 @@ def fmm_level(w_emb: torch.Tensor, bias0: torch.Tensor, conv_W: torch.Tensor, co
     check_tensor(conv_W, "conv_W", ndim=3)
     _check_act_out(act_out, out)
     if chosen == "triton" and (backend == "triton" or fused_level_spill_free(
-            w_emb.shape[0], precision, _target_arch(w_emb.device), conv_W.shape[0], act_out)):
+            w_emb.shape[0], precision, _target_arch(w_emb.device))):
         slots = (*args, emb_A, emb_b, xs, ys, pre_add, pre_index, img, img_index, float(gain),
                  None if clamp is None else float(clamp), None if rgb_clamp is None else float(rgb_clamp),
                  out_uint8, precision)
